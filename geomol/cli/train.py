@@ -1,0 +1,96 @@
+"""``python train.py model=… data=…``: build data, task, trainer from the Hydra config, fit, test."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("geomol")
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+# Errors a user can cause with their input or setup: printed as one line, exit code 2.
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print a one-line error and exit, unless GEOMOL_DEBUG is set (then re-raise for a traceback)."""
+    if os.environ.get("GEOMOL_DEBUG"):
+        raise
+    print(f"geomol: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _run_dir(cfg: DictConfig) -> Path:
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(cfg.trainer.get("default_root_dir") or ".")
+
+
+def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
+    """``ckpt_path`` if given, else ``<run_dir>/checkpoints/last.ckpt`` when it exists."""
+    if cfg.get("ckpt_path"):
+        path = Path(cfg.ckpt_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        return str(path)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    return str(last) if last.is_file() else None
+
+
+def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
+    """Data module, task and trainer from a composed config (used by ``run`` and the tests)."""
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    task = instantiate(cfg.model, **datamodule.task_kwargs(), _recursive_=False)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    return datamodule, task, trainer
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Train (resuming if a checkpoint exists), then test; returns the test metrics."""
+    pl.seed_everything(cfg.seed, workers=True)
+    run_dir = _run_dir(cfg)
+    datamodule, task, trainer = build(cfg)
+    ckpt = resume_checkpoint(cfg, run_dir)
+    if ckpt:
+        log.info("resuming from %s", ckpt)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt)
+    metrics: dict[str, float] = {}
+    if cfg.get("test", True) and not trainer.fast_dev_run:
+        results = trainer.test(task, datamodule=datamodule, verbose=False)
+        metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+        if trainer.is_global_zero:
+            print_metrics(task, metrics, run_dir)
+    return metrics
+
+
+def print_metrics(task: pl.LightningModule, metrics: dict[str, float], run_dir: Path) -> None:
+    units = task.metric_units() if hasattr(task, "metric_units") else {}
+    print(f"\nTest results ({run_dir}):")
+    for key, value in sorted(metrics.items()):
+        name = key.split("/", 1)[-1]
+        print(f"  {name:<20s} {value:12.4f} {units.get(name, '')}")
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    log.debug(OmegaConf.to_yaml(cfg))
+    try:
+        run(cfg)
+    except USER_ERRORS as err:
+        fail(str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err))
+
+
+if __name__ == "__main__":
+    main()

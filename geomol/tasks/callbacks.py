@@ -1,0 +1,83 @@
+"""Callbacks shared by all tasks."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import pytorch_lightning as pl
+
+__all__ = ["TrainingCurves"]
+
+
+class TrainingCurves(pl.Callback):
+    """Write ``curves.png`` (losses and validation metrics per epoch) into the run directory.
+
+    Reads the CSV logger's ``metrics.csv`` after every validation epoch, so the picture is there
+    even if the run is killed.
+    """
+
+    def __init__(self, filename: str = "curves.png") -> None:
+        self.filename = filename
+
+    def _metrics_file(self, trainer: pl.Trainer) -> Path | None:
+        for logger in trainer.loggers:
+            if isinstance(logger, pl.loggers.CSVLogger):
+                path = Path(logger.log_dir) / "metrics.csv"
+                return path if path.exists() else None
+        return None
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        # The CSV logger writes at its own pace; flush so this epoch is included.
+        for logger in trainer.loggers:
+            logger.save()
+        path = self._metrics_file(trainer)
+        if path is not None:
+            plot_metrics(path, Path(trainer.default_root_dir) / self.filename)
+
+
+def plot_metrics(metrics_csv: str | os.PathLike, output: str | os.PathLike) -> None:
+    """Plot every ``*/loss`` and ``val/*`` column of a Lightning CSV log against the epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, dict[int, float]] = defaultdict(dict)
+    with open(metrics_csv, newline="") as handle:
+        for row in csv.DictReader(handle):
+            epoch = row.get("epoch")
+            if not epoch:
+                continue
+            for key, value in row.items():
+                if (
+                    value
+                    and key not in ("epoch", "step")
+                    and (key.endswith("loss") or key.endswith("_epoch") or key.startswith("val/"))
+                ):
+                    series[key.removesuffix("_epoch")][int(float(epoch))] = float(value)
+    losses = sorted(k for k in series if k.endswith("loss"))
+    metrics = sorted(k for k in series if k.startswith("val/") and not k.endswith("loss"))
+    if not losses and not metrics:
+        return
+    fig, axes = plt.subplots(1, 2 if metrics else 1, figsize=(11 if metrics else 5.5, 4), squeeze=False)
+    for key in losses:
+        xs = sorted(series[key])
+        axes[0, 0].plot(xs, [series[key][x] for x in xs], marker="o", ms=3, label=key)
+    axes[0, 0].set(xlabel="epoch", ylabel="loss", yscale="log", title="losses")
+    axes[0, 0].legend()
+    if metrics:
+        for key in metrics:
+            xs = sorted(series[key])
+            axes[0, 1].plot(xs, [series[key][x] for x in xs], marker="o", ms=3, label=key)
+        axes[0, 1].set(xlabel="epoch", title="validation metrics", yscale="log")
+        axes[0, 1].legend()
+    fig.tight_layout()
+    tmp = Path(output).with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, output)

@@ -1,0 +1,216 @@
+"""PropertyTask: regression of molecular properties, optionally energies with forces (−∂E/∂pos)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+from torch_geometric.utils import scatter
+
+__all__ = ["PropertyTask", "report_scale"]
+
+# MAE is reported in these units (PyG / literature convention): meV for energies, meV/Å for forces.
+_REPORT = {"eV": (1000.0, "meV"), "eV/Å": (1000.0, "meV/Å")}
+
+
+def report_scale(unit: str) -> tuple[float, str]:
+    """Factor and unit in which errors of a target with ``unit`` are reported."""
+    return _REPORT.get(unit, (1.0, unit))
+
+
+def _plain(cfg: Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+def check_molecule_input(z: Tensor, pos: Tensor, elements: Sequence[int] | None) -> None:
+    """One-sentence errors for inputs a trained model cannot handle."""
+    if z.numel() == 0:
+        raise ValueError("empty molecule: no atoms")
+    if pos.shape != (z.numel(), 3):
+        raise ValueError(f"pos must have shape [{z.numel()}, 3] for {z.numel()} atoms, got {tuple(pos.shape)}")
+    if not torch.isfinite(pos).all():
+        raise ValueError("NaN or infinite coordinates in the input positions")
+    if elements is not None:
+        known = torch.tensor(list(elements), device=z.device)
+        unknown = z[~torch.isin(z, known)]
+        if unknown.numel():
+            raise ValueError(
+                f"unknown element Z={int(unknown[0])}: this model was trained on Z in {sorted(set(elements))}"
+            )
+
+
+class PropertyTask(pl.LightningModule):
+    """Regress graph-level targets, or an energy and its forces ``F = −∂E/∂pos``.
+
+    The network predicts standardized targets; the task maps them back to physical units with the
+    training-split statistics (per atom for extensive targets). Losses are computed in standardized
+    units; validation/test log MAE per target in the report unit (meV for eV targets).
+
+    Args:
+        net: config of the network (``_target_`` plus arguments); built with
+            ``out_channels=len(targets)``.
+        targets, units: target names and units (from the data module).
+        mean, std: standardization statistics of the training split.
+        extensive: per target, whether ``mean`` is per atom.
+        target_columns: columns of ``batch.y`` holding the targets (default: all).
+        elements: atomic numbers the model may see; others raise a ValueError.
+        forces: train on energies and forces (batch has ``energy`` and ``forces``).
+        energy_weight, force_weight: loss weights when ``forces``.
+        loss: ``"l1"`` or ``"mse"`` for targets without forces (forces use MSE on both terms).
+        optimizer: partial optimizer config (``_partial_: true``).
+        scheduler: partial LR-scheduler config or None; ``scheduler_interval`` "epoch" or "step".
+        monitor: metric for ReduceLROnPlateau and checkpointing.
+    """
+
+    def __init__(
+        self,
+        net: Mapping,
+        targets: Sequence[str],
+        units: Sequence[str],
+        mean: Sequence[float],
+        std: Sequence[float],
+        extensive: Sequence[bool] | None = None,
+        target_columns: Sequence[int] | None = None,
+        elements: Sequence[int] | None = None,
+        forces: bool = False,
+        energy_weight: float = 1.0,
+        force_weight: float = 100.0,
+        loss: str = "l1",
+        optimizer: Mapping | None = None,
+        scheduler: Mapping | None = None,
+        scheduler_interval: str = "epoch",
+        monitor: str = "val/loss",
+    ) -> None:
+        super().__init__()
+        net, optimizer, scheduler = _plain(net), _plain(optimizer), _plain(scheduler)
+        self.save_hyperparameters(
+            {
+                "net": net,
+                "targets": list(targets),
+                "units": list(units),
+                "mean": list(mean),
+                "std": list(std),
+                "extensive": list(extensive) if extensive is not None else [False] * len(targets),
+                "target_columns": list(target_columns) if target_columns is not None else None,
+                "elements": list(elements) if elements is not None else None,
+                "forces": forces,
+                "energy_weight": energy_weight,
+                "force_weight": force_weight,
+                "loss": loss,
+                "optimizer": optimizer,
+                "scheduler": scheduler,
+                "scheduler_interval": scheduler_interval,
+                "monitor": monitor,
+            }
+        )
+        if not (len(targets) == len(units) == len(mean) == len(std)):
+            raise ValueError("targets, units, mean and std must have the same length")
+        if loss not in ("l1", "mse"):
+            raise ValueError(f"loss must be 'l1' or 'mse', got {loss!r}")
+        if forces and len(targets) != 1:
+            raise ValueError("force training needs exactly one (energy) target")
+        self.net = instantiate(net, out_channels=len(targets))
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float64), persistent=False)
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float64), persistent=False)
+        self.register_buffer("extensive", torch.tensor(self.hparams.extensive, dtype=torch.bool), persistent=False)
+
+    # ------------------------------------------------------------------ prediction
+    def _offset(self, batch_vec: Tensor, num_graphs: int, dtype: torch.dtype) -> Tensor:
+        n_atoms = scatter(torch.ones_like(batch_vec, dtype=dtype), batch_vec, 0, dim_size=num_graphs, reduce="sum")
+        mean = self.mean.to(dtype)
+        return torch.where(self.extensive, mean * n_atoms.unsqueeze(-1), mean)  # [G, T]
+
+    def forward(self, z: Tensor, pos: Tensor, batch: Tensor | None = None) -> Tensor:
+        """Targets in physical units.
+
+        Shapes:
+            z ``[N]``, pos ``[N, 3]``, batch ``[N]`` -> ``[num_graphs, T]``
+        """
+        check_molecule_input(z, pos, self.hparams.elements)
+        if batch is None:
+            batch = torch.zeros_like(z)
+        num_graphs = int(batch.max()) + 1
+        out = self.net(z, pos, batch)
+        return out * self.std.to(out.dtype) + self._offset(batch, num_graphs, out.dtype)
+
+    def predict_energy_forces(self, z: Tensor, pos: Tensor, batch: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Energy ``[num_graphs]`` and forces ``[N, 3]`` (−∂E/∂pos), differentiable for training."""
+        with torch.enable_grad():
+            if not pos.requires_grad:
+                pos = pos.detach().requires_grad_(True)
+            energy = self(z, pos, batch)[:, 0]
+            (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=self.training)
+        return energy, -grad
+
+    def _target(self, batch) -> Tensor:
+        if self.hparams.forces and hasattr(batch, "energy"):
+            return batch.energy.view(-1, 1)
+        y = batch.y
+        cols = self.hparams.target_columns
+        return y if cols is None else y[:, cols]
+
+    # ------------------------------------------------------------------ steps
+    def _step(self, batch, stage: str) -> Tensor:
+        target = self._target(batch).to(self.std.dtype)
+        num_graphs = target.size(0)
+        std = self.std.to(target.dtype)
+        if self.hparams.forces:
+            energy, forces = self.predict_energy_forces(batch.z, batch.pos, batch.batch)
+            e_err = (energy.to(target.dtype) - target[:, 0]) / std[0]
+            f_err = (forces.to(target.dtype) - batch.forces.to(target.dtype)) / std[0]
+            loss = self.hparams.energy_weight * e_err.pow(2).mean() + self.hparams.force_weight * f_err.pow(2).mean()
+            errors = {self.hparams.targets[0]: (energy.detach().to(target.dtype) - target[:, 0]).abs()}
+            force_mae = (forces.detach() - batch.forces).abs().mean()
+            if stage != "train":
+                scale, unit = report_scale(f"{self.hparams.units[0]}/Å")
+                self.log(f"{stage}/mae_forces", force_mae * scale, batch_size=forces.size(0))
+        else:
+            pred = self(batch.z, batch.pos, batch.batch).to(target.dtype)
+            err = (pred - target) / std
+            loss = err.abs().mean() if self.hparams.loss == "l1" else err.pow(2).mean()
+            errors = {name: (pred[:, k] - target[:, k]).detach().abs() for k, name in enumerate(self.hparams.targets)}
+        self.log(f"{stage}/loss", loss.detach(), batch_size=num_graphs, prog_bar=stage != "test")
+        if stage != "train":
+            for name, unit in zip(self.hparams.targets, self.hparams.units):
+                scale, _ = report_scale(unit)
+                self.log(f"{stage}/mae_{name}", errors[name].mean() * scale, batch_size=num_graphs, prog_bar=True)
+        return loss.float()
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def metric_units(self) -> dict[str, str]:
+        """Units of the logged MAE metrics, for printing results."""
+        out = {f"mae_{t}": report_scale(u)[1] for t, u in zip(self.hparams.targets, self.hparams.units)}
+        if self.hparams.forces:
+            out["mae_forces"] = report_scale(f"{self.hparams.units[0]}/Å")[1]
+        return out
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        return build_optimizers(
+            self, self.hparams.optimizer, self.hparams.scheduler, self.hparams.scheduler_interval, self.hparams.monitor
+        )
+
+
+def build_optimizers(
+    module: pl.LightningModule, optimizer: Mapping | None, scheduler: Mapping | None, interval: str, monitor: str
+):
+    """Optimizer and scheduler from partial configs (shared by every geomol task)."""
+    optimizer = optimizer or {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
+    opt = instantiate(optimizer)(params=module.parameters())
+    if not scheduler:
+        return opt
+    sched = instantiate(scheduler)(optimizer=opt)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval, "monitor": monitor}}
