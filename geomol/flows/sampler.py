@@ -1,0 +1,179 @@
+"""Euler sampler of the molecular flow and the distribution of molecule sizes it starts from.
+
+From ``t = 0`` (Gaussian positions, every token masked) to ``t = 1`` in ``steps`` equal steps: the
+field predicts the clean molecule, positions take an Euler step towards it (FlowMol, Eq. 9) and the
+tokens take a CTMC step with stochasticity ``η`` and a temperature on the predicted probabilities
+(FlowMol's sampler, Sec. 3.2). The number of atoms of each molecule is fixed from the start: given,
+drawn from the training distribution, or drawn from training molecules whose property lies at the
+same percentile as the requested value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+from torch_geometric.utils import scatter
+
+from geomol.flows.bonds import upper_pairs
+from geomol.flows.interpolants import position_step
+from geomol.flows.molecule import MolecularFlow, MoleculeState
+from geomol.flows.priors import center
+
+__all__ = ["AtomCounts", "euler_sample", "split_molecules"]
+
+
+class AtomCounts:
+    """Distribution of the number of atoms, optionally conditioned on property percentiles.
+
+    Args:
+        counts: ``counts[n]`` training molecules have ``n`` atoms (see
+            :func:`geomol.data.generation.atom_count_statistics`).
+        given_property: for each property name, ``{"edges": [...], "counts": [[...], ...]}``: the
+            inner bin edges of its percentile bins (raw units, increasing) and, for each bin, the
+            atom-count histogram of the training molecules in it.
+
+    With several properties the conditionals are combined as independent evidence,
+    ``p(n | p_1, p_2) ∝ p(n | p_1) p(n | p_2) / p(n)``.
+    """
+
+    def __init__(self, counts: Sequence[int], given_property: Mapping[str, Mapping] | None = None) -> None:
+        self.counts = torch.as_tensor(counts, dtype=torch.float64)
+        if self.counts.dim() != 1 or self.counts.sum() <= 0 or bool((self.counts < 0).any()):
+            raise ValueError("counts must be a non-empty histogram of non-negative numbers with a positive total")
+        self.given_property = {
+            name: (
+                torch.as_tensor(table["edges"], dtype=torch.float64),
+                torch.as_tensor(table["counts"], dtype=torch.float64),
+            )
+            for name, table in (given_property or {}).items()
+        }
+        for name, (edges, table) in self.given_property.items():
+            if table.shape != (edges.numel() + 1, self.counts.numel()):
+                raise ValueError(
+                    f"atom counts given {name!r} must have shape [{edges.numel() + 1}, {self.counts.numel()}], "
+                    f"got {tuple(table.shape)}"
+                )
+
+    def probabilities(self, condition: Mapping[str, float] | None = None) -> Tensor:
+        """``p(n)``, or ``p(n | properties)`` for raw property values ``{name: value}``.
+
+        Shapes:
+            -> ``[max_atoms + 1]``
+        """
+        marginal = self.counts / self.counts.sum()
+        if not condition:
+            return marginal
+        unknown = [name for name in condition if name not in self.given_property]
+        if unknown:
+            raise ValueError(f"no atom-count statistics for {unknown}; known: {sorted(self.given_property)}")
+        log_p = torch.zeros_like(marginal)
+        for name, value in condition.items():
+            edges, table = self.given_property[name]
+            row = table[int(torch.bucketize(torch.tensor(float(value), dtype=torch.float64), edges))]
+            conditional = (row + 1e-3 * marginal) / (row.sum() + 1e-3)  # a trace of p(n) keeps empty bins usable
+            log_p = log_p + conditional.log() - marginal.clamp_min(1e-300).log()
+        log_p = log_p + marginal.clamp_min(1e-300).log()
+        p = torch.where(marginal > 0, log_p.exp(), torch.zeros_like(log_p))
+        return p / p.sum()
+
+    def sample(
+        self,
+        num: int,
+        condition: Mapping[str, float] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Draw ``num`` molecule sizes ``[num]`` (long)."""
+        p = self.probabilities(condition).float()
+        return torch.multinomial(p, num, replacement=True, generator=generator)
+
+
+@torch.no_grad()
+def euler_sample(
+    field: torch.nn.Module,
+    flow: MolecularFlow,
+    n_atoms: Tensor,
+    condition: Tensor | None = None,
+    steps: int = 100,
+    eta: float = 10.0,
+    temperature: float = 0.05,
+    generator: torch.Generator | None = None,
+) -> tuple[MoleculeState, Tensor, Tensor]:
+    """Integrate the flow from the prior to molecules with the given numbers of atoms.
+
+    Args:
+        field: a vector field with the call signature of :class:`~geomol.models.propmolflow.PropMolFlow`.
+        flow: schedules and categorical flows.
+        n_atoms: atoms of each molecule ``[B]`` (at least 1).
+        condition: standardised properties ``[B, P]`` for a conditional field.
+        steps: Euler steps.
+        eta: CTMC stochasticity (re-masking rate).
+        temperature: softmax temperature of the token draws (``< 1`` sharpens).
+        generator: random generator on the field's device.
+
+    Returns:
+        (molecule state, batch ``[N]``, pairs ``[2, P]``); no token is left in its mask state.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    n_atoms = torch.as_tensor(n_atoms, dtype=torch.long)
+    if n_atoms.dim() != 1 or n_atoms.numel() == 0 or bool((n_atoms < 1).any()):
+        raise ValueError("n_atoms must be a non-empty 1-D list of positive atom counts")
+    param = next(field.parameters())
+    device, dtype = param.device, param.dtype
+    batch = torch.repeat_interleave(torch.arange(n_atoms.numel(), device=device), n_atoms.to(device))
+    pairs = upper_pairs(batch)
+    num_graphs = n_atoms.numel()
+    if condition is not None:
+        condition = condition.to(device=device, dtype=dtype)
+    state = MoleculeState(
+        flow.prior_positions(batch, generator, dtype),
+        torch.full_like(batch, flow.masks["a"].mask_index),
+        torch.full_like(batch, flow.masks["c"].mask_index),
+        torch.full((pairs.size(1),), flow.masks["e"].mask_index, dtype=torch.long, device=device),
+    )
+    times = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
+    alphas = flow.alphas(times)
+    for k in range(steps):
+        t, dt = float(times[k]), float(times[k + 1] - times[k])
+        out = field(
+            state.atom_type,
+            state.charge,
+            state.pos,
+            state.bond_type,
+            pairs,
+            torch.full((num_graphs,), t, device=device, dtype=dtype),
+            batch,
+            condition,
+        )
+        a_t = {m: float(alphas[m][k]) for m in alphas}
+        a_s = {m: float(alphas[m][k + 1]) for m in alphas}
+        pos = position_step(state.pos, out.pos, a_t["x"], a_s["x"])
+        step = dict(dt=dt, eta=eta, temperature=temperature, generator=generator)
+        state = MoleculeState(
+            center(pos, batch),
+            flow.masks["a"].step(state.atom_type, out.atom_logits, a_t["a"], a_s["a"], **step),
+            flow.masks["c"].step(state.charge, out.charge_logits, a_t["c"], a_s["c"], **step),
+            flow.masks["e"].step(state.bond_type, out.bond_logits, a_t["e"], a_s["e"], **step),
+        )
+    return state, batch, pairs
+
+
+def split_molecules(state: MoleculeState, batch: Tensor, pairs: Tensor) -> list[tuple[MoleculeState, Tensor]]:
+    """Per molecule: its state and its pairs ``[2, P_g]``, with atom indices local to the molecule."""
+    num_graphs = int(batch.max()) + 1
+    sizes = scatter(torch.ones_like(batch), batch, 0, dim_size=num_graphs)
+    starts = torch.cumsum(sizes, 0) - sizes
+    pair_graph = batch[pairs[0]]
+    out = []
+    for g, (start, size) in enumerate(zip(starts.tolist(), sizes.tolist())):
+        keep = pair_graph == g
+        atoms = slice(start, start + size)
+        out.append(
+            (
+                MoleculeState(state.pos[atoms], state.atom_type[atoms], state.charge[atoms], state.bond_type[keep]),
+                pairs[:, keep] - start,
+            )
+        )
+    return out
