@@ -1,0 +1,86 @@
+import pytest
+import torch
+
+from geomol.data.generation import atom_count_statistics
+from geomol.flows.bonds import bonds_from_pairs, pair_bond_types, pair_edge_index, upper_pairs
+from geomol.flows.molecule import MolecularFlow
+from geomol.flows.sampler import AtomCounts, euler_sample, split_molecules
+from geomol.models.propmolflow import PropMolFlow
+
+
+def _tiny_field(num_properties=0):
+    torch.manual_seed(0)
+    return PropMolFlow(
+        scalars=16, vectors=4, edge_features=8, n_updates=2, n_message_gvps=1, n_update_gvps=1, rbf_dim=8,
+        num_properties=num_properties, conditioning={"method": "concatenate_multiply"},
+    )  # fmt: skip
+
+
+def test_pairs_and_bond_labels_round_trip():
+    batch = torch.tensor([0, 0, 0, 1, 1, 1, 1])
+    pairs = upper_pairs(batch)
+    assert pairs.size(1) == 3 + 6 and bool((pairs[0] < pairs[1]).all())
+    assert torch.equal(batch[pairs[0]], batch[pairs[1]])
+    edge_index = torch.tensor([[0, 1, 3, 4, 5, 6], [1, 0, 4, 3, 6, 5]])
+    edge_attr = torch.tensor([2, 2, 1, 1, 4, 4])
+    labels = pair_bond_types(pairs, edge_index, edge_attr, 7)
+    assert labels.sum() == 2 + 1 + 4 and int((labels > 0).sum()) == 3
+    back_index, back_attr = bonds_from_pairs(pairs, labels)
+    got = {(a, b, c) for (a, b), c in zip(back_index.t().tolist(), back_attr.tolist())}
+    assert got == {(a, b, c) for (a, b), c in zip(edge_index.t().tolist(), edge_attr.tolist())}
+    assert pair_edge_index(pairs).size(1) == 2 * pairs.size(1)
+    with pytest.raises(ValueError, match="two different molecules"):
+        pair_bond_types(pairs, torch.tensor([[2], [3]]), torch.tensor([1]), 7)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_sampler_respects_atom_counts_and_unmasks_everything(schedule):
+    field = _tiny_field()
+    flow = MolecularFlow(schedule=schedule, cosine_nu=2.0)
+    n_atoms = torch.tensor([3, 1, 6, 2])
+    gen = torch.Generator().manual_seed(1)
+    state, batch, pairs = euler_sample(field, flow, n_atoms, steps=6, eta=50.0, temperature=1.0, generator=gen)
+    assert torch.equal(torch.bincount(batch), n_atoms)
+    assert pairs.size(1) == 3 + 0 + 15 + 1
+    assert bool((state.atom_type < 5).all()) and bool((state.charge < 6).all()) and bool((state.bond_type < 5).all())
+    assert torch.isfinite(state.pos).all()
+    parts = split_molecules(state, batch, pairs)
+    assert [p[0].pos.size(0) for p in parts] == n_atoms.tolist()
+    assert [p[1].size(1) for p in parts] == [3, 0, 15, 1]
+    assert all(bool((p[1] < n).all()) for p, n in zip(parts, n_atoms.tolist()))
+    with pytest.raises(ValueError, match="positive atom counts"):
+        euler_sample(field, flow, torch.tensor([3, 0]))
+
+
+def test_conditional_sampler_is_reproducible():
+    field = _tiny_field(num_properties=2)
+    flow = MolecularFlow()
+    cond = torch.tensor([[0.5, -1.0], [2.0, 0.0]])
+
+    def run(seed):
+        return euler_sample(
+            field, flow, torch.tensor([4, 5]), cond, steps=4, generator=torch.Generator().manual_seed(seed)
+        )
+
+    a, b, c = run(3)[0], run(3)[0], run(4)[0]
+    assert torch.equal(a.pos, b.pos) and torch.equal(a.bond_type, b.bond_type)
+    assert not torch.equal(a.pos, c.pos)
+
+
+def test_atom_counts_follow_the_property_percentile(generator):
+    # Synthetic training set: bigger molecules have larger property values.
+    n_atoms = torch.randint(3, 20, (4000,), generator=generator)
+    prop = n_atoms.double() + 0.5 * torch.randn(4000, dtype=torch.float64, generator=generator)
+    other = torch.randn(4000, dtype=torch.float64, generator=generator)
+    stats = atom_count_statistics(n_atoms, torch.stack([prop, other], 1), ["size_like", "noise"], bins=10)
+    counts = AtomCounts(stats["counts"], stats["given_property"])
+    torch.testing.assert_close(counts.probabilities().sum(), torch.tensor(1.0, dtype=torch.float64))
+    high = counts.sample(500, {"size_like": 19.0}, generator)
+    low = counts.sample(500, {"size_like": 3.0}, generator)
+    assert high.float().mean() > 16 and low.float().mean() < 6
+    # An uninformative second property leaves the conditional about unchanged.
+    both = counts.sample(500, {"size_like": 19.0, "noise": 0.0}, generator)
+    assert both.float().mean() > 15
+    assert counts.probabilities()[:3].sum() == 0
+    with pytest.raises(ValueError, match="no atom-count statistics"):
+        counts.probabilities({"gap": 1.0})

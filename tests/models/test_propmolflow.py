@@ -1,0 +1,90 @@
+import pytest
+import torch
+
+from geomol.flows.bonds import upper_pairs
+from geomol.models.propmolflow import PropMolFlow
+from geomol.testing import assert_equivariant, assert_permutation_equivariant
+
+
+def _inputs(generator, num_properties=0):
+    batch = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1])
+    pairs = upper_pairs(batch)
+    return dict(
+        atom_type=torch.randint(0, 6, (8,), generator=generator),
+        charge=torch.randint(0, 7, (8,), generator=generator),
+        pos=torch.randn(8, 3, dtype=torch.float64, generator=generator),
+        bond_type=torch.randint(0, 6, (pairs.size(1),), generator=generator),
+        pairs=pairs,
+        t=torch.rand(2, dtype=torch.float64, generator=generator),
+        batch=batch,
+        condition=torch.randn(2, num_properties, dtype=torch.float64, generator=generator) if num_properties else None,
+    )
+
+
+def _field(**kw):
+    torch.manual_seed(0)
+    return PropMolFlow(scalars=16, vectors=4, edge_features=8, n_updates=2, rbf_dim=8, **kw).double()
+
+
+@pytest.mark.parametrize("num_properties", [0, 2])
+def test_field_is_se3_equivariant(num_properties, generator):
+    field = _field(
+        num_properties=num_properties, conditioning={"method": "concatenate_sum", "gaussian_expansion": True}
+    )
+    inputs = _inputs(generator, num_properties)
+    pos = inputs.pop("pos")
+    # Predicted positions are centred: they rotate and ignore shifts. Logits are invariant.
+    assert_equivariant(
+        lambda x: tuple(field(pos=x, **inputs)),
+        pos,
+        output=("vector", "scalar", "scalar", "scalar"),
+        reflections=False,
+        generator=generator,
+    )
+
+
+def test_field_is_not_reflection_equivariant(generator):
+    field = _field()
+    inputs = _inputs(generator)
+    pos = inputs.pop("pos")
+    with pytest.raises(AssertionError, match="reflection"):
+        assert_equivariant(
+            lambda x: tuple(field(pos=x, **inputs)), pos, output=("vector", "scalar", "scalar", "scalar")
+        )
+
+
+def test_field_is_permutation_equivariant(generator):
+    field = _field()
+    inputs = _inputs(generator)
+
+    def run(p):
+        if p is None:
+            res = field(**inputs)
+            return res.pos, res.atom_logits, res.charge_logits
+        batch = inputs["batch"][p]
+        pairs = upper_pairs(batch)
+        # The token of new pair (x, y) is that of the old pair of atoms (p[x], p[y]).
+        old = {(int(a), int(b)): k for k, (a, b) in enumerate(inputs["pairs"].t())}
+        lo, hi = torch.minimum(p[pairs[0]], p[pairs[1]]), torch.maximum(p[pairs[0]], p[pairs[1]])
+        order = torch.tensor([old[(int(a), int(b))] for a, b in zip(lo, hi)])
+        res = field(
+            atom_type=inputs["atom_type"][p],
+            charge=inputs["charge"][p],
+            pos=inputs["pos"][p],
+            bond_type=inputs["bond_type"][order],
+            pairs=pairs,
+            t=inputs["t"],
+            batch=batch,
+        )
+        return res.pos, res.atom_logits, res.charge_logits
+
+    assert_permutation_equivariant(run, 8, node_outputs=True, generator=generator)
+
+
+def test_field_checks_its_conditioning(generator):
+    inputs = _inputs(generator, 1)
+    with pytest.raises(ValueError, match="0 conditioning properties"):
+        _field()(**inputs)
+    inputs["condition"] = None
+    with pytest.raises(ValueError, match="1 conditioning properties"):
+        _field(num_properties=1)(**inputs)
