@@ -1,0 +1,1 @@
+"""Chemistry metrics of generated molecules: stability, validity, uniqueness, closed shells, property errors."""
