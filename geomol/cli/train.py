@@ -9,7 +9,6 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -21,18 +20,8 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
 
 
-def fail(message: str, code: int = 2) -> None:
-    """Print a one-line error and exit, unless GEOMOL_DEBUG is set (then re-raise for a traceback)."""
-    if os.environ.get("GEOMOL_DEBUG"):
-        raise
-    print(f"geomol: error: {message}", file=sys.stderr)
-    sys.exit(code)
-
-
 def _run_dir(cfg: DictConfig) -> Path:
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
-    return Path(cfg.trainer.get("default_root_dir") or ".")
+    return Path(cfg.paths.run_dir)
 
 
 def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
@@ -83,13 +72,40 @@ def print_metrics(task: pl.LightningModule, metrics: dict[str, float], run_dir: 
         print(f"  {name:<20s} {value:12.4f} {units.get(name, '')}")
 
 
+def user_error(err: BaseException) -> BaseException | None:
+    """The user-caused error behind ``err`` (Hydra wraps errors raised while instantiating)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, USER_ERRORS):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def report_errors(func):
+    """Turn user errors into one line on stderr and exit code 2 (tracebacks with GEOMOL_DEBUG=1)."""
+
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except Exception as err:
+            cause = user_error(err)
+            if cause is None or os.environ.get("GEOMOL_DEBUG"):
+                raise
+            message = cause.args[0] if isinstance(cause, KeyError) and cause.args else str(cause)
+            print(f"geomol: error: {message}", file=sys.stderr)
+            sys.exit(2)
+
+    wrapper.__name__, wrapper.__doc__ = func.__name__, func.__doc__
+    return wrapper
+
+
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
+@report_errors
 def main(cfg: DictConfig) -> None:
     log.debug(OmegaConf.to_yaml(cfg))
-    try:
-        run(cfg)
-    except USER_ERRORS as err:
-        fail(str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err))
+    run(cfg)
 
 
 if __name__ == "__main__":

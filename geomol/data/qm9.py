@@ -313,14 +313,23 @@ class QM9(torch.utils.data.Dataset):
             if path.exists():
                 try:
                     stored = torch.load(path, weights_only=True)
-                    fresh = stored if stored["method"].numel() == n else fresh
-                except Exception:
+                    if stored["method"].numel() == n:
+                        edges = torch.split(stored["edges"], stored["num_edges"].tolist(), dim=1)
+                        done = stored["method"] >= 0
+                        fresh = {
+                            "method": stored["method"],
+                            "charge": stored["charge"],
+                            "edges": [e if d else None for e, d in zip(edges, done.tolist())],
+                        }
+                except Exception:  # damaged or from another version: derive again
                     pass
             self._bonds = fresh
         return self._bonds
 
-    def ensure_bonds(self, indices: Sequence[int] | Tensor | None = None, processes: int | None = None) -> None:
-        """Derive bonds and charges for these molecules (default: all) if not cached yet."""
+    def ensure_bonds(
+        self, indices: Sequence[int] | Tensor | None = None, processes: int | None = None, save: bool = True
+    ) -> None:
+        """Derive bonds and charges for these molecules (default: all) if not cached yet, and cache them."""
         bonds = self._load_bonds()
         wanted = torch.arange(len(self)) if indices is None else torch.as_tensor(indices, dtype=torch.long)
         todo = wanted[bonds["method"][wanted] < 0].tolist()
@@ -345,7 +354,17 @@ class QM9(torch.utils.data.Dataset):
             bonds["method"][k] = method
             bonds["charge"][self._ptr[k] : self._ptr[k + 1]] = torch.from_numpy(charges)
             bonds["edges"][k] = torch.from_numpy(np.concatenate([edge_index, edge_attr[None]])).to(torch.int16)
-        _save_atomic(bonds, self.bonds_path)
+        if save:
+            # One flat tensor, not 130k small ones: loading stays fast.
+            empty = torch.empty(3, 0, dtype=torch.int16)
+            edges = [e if e is not None else empty for e in bonds["edges"]]
+            flat = {
+                "method": bonds["method"],
+                "charge": bonds["charge"],
+                "edges": torch.cat(edges, dim=1),
+                "num_edges": torch.tensor([e.size(1) for e in edges]),
+            }
+            _save_atomic(flat, self.bonds_path)
 
     def bond_report(self) -> dict[str, int]:
         """How many molecules got their bonds by each method (of those derived so far)."""
@@ -373,8 +392,8 @@ class QM9(torch.utils.data.Dataset):
         )
         if self.with_bonds:
             bonds = self._load_bonds()
-            if bonds["method"][k] < 0:
-                self.ensure_bonds([k])
+            if bonds["method"][k] < 0:  # not derived yet: compute now, cache on the next ensure_bonds()
+                self.ensure_bonds([k], save=False)
             edges = bonds["edges"][k].long()
             data.charge = bonds["charge"][start:stop]
             data.edge_index, data.edge_attr = edges[:2], edges[2]

@@ -1,0 +1,97 @@
+"""train.py as users run it: subprocesses, exit codes, one-line errors, run directories."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+QM9_FIXTURE = ["data.source=tests/fixtures/qm9", "data.subset=null", "data.batch_size=16"]
+
+
+def train(tmp_path, *overrides, timeout=300):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GEOMOL_DATA": str(tmp_path / "data")}
+    env.pop("GEOMOL_DEBUG", None)
+    cmd = [sys.executable, "train.py", f"hydra.run.dir={tmp_path / 'run'}", *overrides]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def test_user_error_is_one_line(tmp_path):
+    result = train(tmp_path, *QM9_FIXTURE, "data.target=homo2", "trainer.fast_dev_run=true")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert last_line(result.stderr).startswith("geomol: error: unknown QM9 target 'homo2'; choose from mu, alpha, homo")
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_model_name(tmp_path):
+    result = train(tmp_path, "model=nope")
+    assert result.returncode != 0
+    assert "Could not find 'model/nope'" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["data.source=/nonexistent/qm9"], "geomol: error: QM9 source folder not found: /nonexistent/qm9"),
+        (["data.subset=2"], "geomol: error: data.subset must be at least 3 molecules, got 2"),
+        (["ckpt_path=/nonexistent.ckpt"], "geomol: error: checkpoint not found: /nonexistent.ckpt"),
+    ],
+)
+def test_user_errors_in_process(tmp_path, capsys, overrides, message):
+    from geomol.cli.train import report_errors, run
+
+    cfg = compose_train(tmp_path, [*QM9_FIXTURE, *overrides, "trainer.fast_dev_run=true"])
+    with pytest.raises(SystemExit) as exit_info:
+        report_errors(run)(cfg)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == message
+
+
+@pytest.mark.parametrize("override", ["foo=1", "data.foo=1", "model.net.foo=1"])
+def test_unknown_config_keys(tmp_path, override):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="Could not override '.*foo'"):
+        compose_train(tmp_path, [override])
+
+
+def compose_train(tmp_path, overrides):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from geomol.cli.train import CONFIG_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("train", overrides=[f"paths.run_dir={tmp_path}", f"paths.data_dir={tmp_path}", *overrides])
+
+
+def test_train_test_and_resume(tmp_path):
+    args = [*QM9_FIXTURE, "experiment=demo", "data.subset=null", "trainer.enable_progress_bar=false"]
+    first = train(tmp_path, *args, "trainer.max_epochs=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "Test results" in first.stdout and "mae_homo" in first.stdout and "meV" in first.stdout
+    run = tmp_path / "run"
+    for name in ["checkpoints/last.ckpt", "checkpoints/best.ckpt", "metrics.csv", "hparams.yaml", "curves.png"]:
+        assert (run / name).is_file(), name
+    # Same run directory, more epochs: continues from last.ckpt instead of starting over.
+    second = train(tmp_path, *args, "trainer.max_epochs=2")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming from" in second.stdout + second.stderr
+    assert "Restored all states from the checkpoint" in second.stdout + second.stderr
+
+
+def test_ddp_on_cpu_with_two_processes(tmp_path):
+    result = train(
+        tmp_path, *QM9_FIXTURE, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+        "trainer.fast_dev_run=true", "model.net.num_interactions=1", "model.net.hidden_channels=16",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in result.stdout + result.stderr
