@@ -13,12 +13,12 @@ from collections.abc import Sequence
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import Subset
+from torch.utils.data import Sampler, Subset
 from torch_geometric.loader import DataLoader
 
 from .qm9 import EXTENSIVE, QM9, TARGETS, UNITS, split_indices, training_halves
 
-__all__ = ["GraphDataModule", "QM9DataModule", "target_statistics"]
+__all__ = ["EpochShuffleSampler", "GraphDataModule", "QM9DataModule", "target_statistics"]
 
 
 def target_statistics(y: Tensor, num_atoms: Tensor, extensive: Sequence[bool]) -> tuple[list[float], list[float]]:
@@ -37,15 +37,40 @@ def target_statistics(y: Tensor, num_atoms: Tensor, extensive: Sequence[bool]) -
     return mean.tolist(), std.tolist()
 
 
+class EpochShuffleSampler(Sampler[int]):
+    """A random order that depends on ``(seed, epoch)`` only.
+
+    Lightning calls ``set_epoch`` at every epoch, so a run resumed from a checkpoint draws exactly
+    the batches the uninterrupted run would have drawn (the default sampler uses the global RNG,
+    whose state a checkpoint does not hold).
+    """
+
+    def __init__(self, num_samples: int, seed: int = 0) -> None:
+        self.num_samples, self.seed, self.epoch = num_samples, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
+
+
 class GraphDataModule(pl.LightningDataModule):
     """Train/val/test subsets of one graph dataset, batched by PyG's loader.
 
     Subclasses implement ``_build()`` returning ``(dataset, train_idx, val_idx, test_idx)`` and
-    ``task_kwargs()``.
+    ``task_kwargs()``. Training batches are shuffled by :class:`EpochShuffleSampler`.
     """
 
-    def __init__(self, batch_size: int = 32, num_workers: int = 0, eval_batch_size: int | None = None) -> None:
+    def __init__(
+        self, batch_size: int = 32, num_workers: int = 0, eval_batch_size: int | None = None, seed: int = 0
+    ) -> None:
         super().__init__()
+        self.seed = seed
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -65,10 +90,11 @@ class GraphDataModule(pl.LightningDataModule):
         return Subset(self.dataset, self.splits[split].tolist())
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        subset = self.subset(split)
         return DataLoader(
-            self.subset(split),
+            subset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            shuffle=shuffle,
+            sampler=EpochShuffleSampler(len(subset), self.seed) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             drop_last=False,
@@ -115,7 +141,7 @@ class QM9DataModule(GraphDataModule):
         seed: int = 42,
         download: bool = True,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, eval_batch_size=eval_batch_size)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, eval_batch_size=eval_batch_size, seed=seed)
         self.targets = [target] if isinstance(target, str) else list(target)
         if not self.targets:
             raise ValueError("no QM9 target given; set data.target (e.g. data.target=homo)")
@@ -127,7 +153,7 @@ class QM9DataModule(GraphDataModule):
             raise ValueError(f"data.subset must be at least 3 molecules, got {subset}")
         self.root, self.source, self.subset_size = root, source, subset
         self.split_sizes, self.train_half, self.with_bonds = split, train_half, with_bonds
-        self.seed, self.download = seed, download
+        self.download = download
         self.target_columns = [TARGETS.index(t) for t in self.targets]
 
     def _build(self):
