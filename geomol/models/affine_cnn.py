@@ -1,0 +1,191 @@
+"""Affine-invariant image classifiers: :class:`AffineCNN` (Mironenco & Forré, ICLR 2024) and its plain twin.
+
+Both share one layout, so a benchmark between them isolates the group structure:
+
+    stem conv → norm → GELU → [2×2 max-pool → residual block] × num_blocks → global max → MLP
+
+:class:`AffineCNN` lifts the image to R² × {samples of GL⁺(2) or SL(2)} and uses group convolutions
+(:mod:`geomol.nn.liegroup`); its global max runs over (group, H, W), so the logits are invariant to the
+affine group in the Monte Carlo limit. :class:`PlainCNN` uses ordinary convolutions (translations only).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from geomol.nn.liegroup import GroupConv, GroupLayerNorm, LiftingConv, get_group, pool_spatial
+
+__all__ = ["AffineCNN", "PlainCNN"]
+
+
+class _ResidualBlock(nn.Module):
+    """``GELU(x + norm(conv(GELU(norm(conv(x))))))``; extra forward arguments go to both convolutions."""
+
+    def __init__(self, conv1: nn.Module, conv2: nn.Module, channels: int) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = conv1, conv2
+        self.norm1, self.norm2 = GroupLayerNorm(channels), GroupLayerNorm(channels)
+
+    def forward(self, x: Tensor, *conv_args: Tensor) -> Tensor:  # [B, C, (N,) H, W] -> same
+        h = F.gelu(self.norm1(self.conv1(x, *conv_args)))
+        return F.gelu(x + self.norm2(self.conv2(h, *conv_args)))
+
+
+def _head(channels: int, hidden: int, num_classes: int, dropout: float) -> nn.Sequential:
+    """The paper's classifier on pooled features: Linear → LayerNorm → GELU → Dropout → Linear."""
+    return nn.Sequential(
+        nn.Linear(channels, hidden, bias=False),
+        nn.LayerNorm(hidden),
+        nn.GELU(),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, num_classes),
+    )
+
+
+class AffineCNN(nn.Module):
+    """Lie-group CNN on R² ⋊ GL⁺(2) or R² ⋊ SL(2) (Mironenco & Forré 2024, affNIST model).
+
+    Every forward pass draws one set of group samples shared by all layers (residual connections need
+    input and output on the same samples). In training the set is new at every step, from a stream
+    seeded by ``seed`` (the step count is a buffer, so a resumed run continues the stream); in eval
+    mode it is always the same set, so evaluation is deterministic. ``eval_num_samples`` may exceed
+    ``num_samples``: kernels are continuous in the group, and more samples mean a better integral.
+
+    Args:
+        num_classes: number of classes (given by the task).
+        in_channels: image channels.
+        group: ``"gl2"`` (full affine) or ``"sl2"`` (area preserving).
+        num_samples: group samples per forward pass in training.
+        eval_num_samples: samples in eval mode (default ``num_samples``).
+        channels: feature channels of every layer.
+        num_blocks: residual group-conv blocks, each after a 2×2 spatial max-pool.
+        stem_kernel_size: lifting window (unpadded, as in the paper).
+        kernel_size: group-conv window.
+        hidden_features, siren_layers, omega_0: SIREN kernel networks.
+        mask_radius, mask_slope: smooth kernel mask (see :class:`~geomol.nn.liegroup.LiftingConv`).
+        spd_std: std of the log-normal SPD factor's chart coordinates (paper: variance 0.1).
+        angles: rotation sampling, ``"equidistant"`` or ``"uniform"``.
+        head_hidden, dropout: classifier MLP.
+        seed: seed of the group-sample stream.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        group: str = "sl2",
+        num_samples: int = 10,
+        eval_num_samples: int | None = None,
+        channels: int = 40,
+        num_blocks: int = 2,
+        stem_kernel_size: int = 5,
+        kernel_size: int = 5,
+        hidden_features: int = 60,
+        siren_layers: int = 3,
+        omega_0: float = 10.0,
+        mask_radius: float | None = 0.75,
+        mask_slope: float = 10.0,
+        spd_std: float = math.sqrt(0.1),
+        angles: str = "equidistant",
+        head_hidden: int = 256,
+        dropout: float = 0.3,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if num_samples < 1 or (eval_num_samples is not None and eval_num_samples < 1):
+            raise ValueError(
+                f"num_samples and eval_num_samples must be positive, got {num_samples}, {eval_num_samples}"
+            )
+        self.group = get_group(group)
+        self.num_samples, self.eval_num_samples = num_samples, eval_num_samples or num_samples
+        self.spd_std, self.angles, self.seed = spd_std, angles, seed
+        kernel_args = dict(
+            hidden_features=hidden_features,
+            num_layers=siren_layers,
+            omega_0=omega_0,
+            mask_radius=mask_radius,
+            mask_slope=mask_slope,
+        )
+        self.lift = LiftingConv(self.group, in_channels, channels, stem_kernel_size, **kernel_args)
+        self.lift_norm = GroupLayerNorm(channels)
+        self.blocks = nn.ModuleList(
+            _ResidualBlock(
+                GroupConv(self.group, channels, channels, kernel_size, **kernel_args),
+                GroupConv(self.group, channels, channels, kernel_size, **kernel_args),
+                channels,
+            )
+            for _ in range(num_blocks)
+        )
+        self.head = _head(channels, head_hidden, num_classes, dropout)
+        self.register_buffer("sample_step", torch.zeros((), dtype=torch.long))
+        # Fail at construction, not at the first step, on a bad sampler setting.
+        self.group.sample(1, spd_std=spd_std, angles=angles)
+
+    def group_samples(self) -> Tensor:
+        """This forward pass's samples ``[N, 2, 2]`` (float64; each layer casts what it derives)."""
+        if self.training:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.sample_step) + 1)
+            self.sample_step += 1
+            num = self.num_samples
+        else:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003)
+            num = self.eval_num_samples
+        samples = self.group.sample(num, spd_std=self.spd_std, angles=self.angles, generator=generator)
+        return samples.to(self.sample_step.device)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Shapes: images ``[B, C_in, H, W]`` -> logits ``[B, num_classes]``."""
+        samples = self.group_samples()
+        h = F.gelu(self.lift_norm(self.lift(x, samples)))  # [B, C, N, H', W']
+        for block in self.blocks:
+            h = block(pool_spatial(h, 2), samples)
+        return self.head(h.amax(dim=(2, 3, 4)))
+
+
+class PlainCNN(nn.Module):
+    """:class:`AffineCNN`'s layout with ordinary convolutions: the translation-only baseline.
+
+    Args:
+        num_classes: number of classes (given by the task).
+        in_channels: image channels.
+        channels: feature channels of every layer.
+        num_blocks: residual blocks, each after a 2×2 spatial max-pool.
+        stem_kernel_size: first convolution's window (unpadded).
+        kernel_size: block convolutions' window.
+        head_hidden, dropout: classifier MLP.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        channels: int = 32,
+        num_blocks: int = 2,
+        stem_kernel_size: int = 5,
+        kernel_size: int = 5,
+        head_hidden: int = 256,
+        dropout: float = 0.3,
+    ) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, channels, stem_kernel_size)
+        self.stem_norm = GroupLayerNorm(channels)
+        self.blocks = nn.ModuleList(
+            _ResidualBlock(
+                nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2),
+                nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2),
+                channels,
+            )
+            for _ in range(num_blocks)
+        )
+        self.head = _head(channels, head_hidden, num_classes, dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Shapes: images ``[B, C_in, H, W]`` -> logits ``[B, num_classes]``."""
+        h = F.gelu(self.stem_norm(self.stem(x)))
+        for block in self.blocks:
+            h = block(F.max_pool2d(h, 2))
+        return self.head(h.amax(dim=(2, 3)))

@@ -1,0 +1,554 @@
+r"""Affine group convolutions on R² ⋊ GL⁺(2) and R² ⋊ SL(2) (Mironenco & Forré, ICLR 2024).
+
+Group elements are 2×2 matrices ``[..., 2, 2]`` acting on image coordinates ``(x, y)`` = (column, row).
+Both groups factor by the polar decomposition ``g = P·R`` with ``P`` symmetric positive definite and
+``R ∈ SO(2)`` (``det P = 1`` for SL(2)); the paper builds its global chart and its sampling scheme on it:
+
+* chart ``ξ⁻¹(g) = (log P, angle of R)``, a diffeomorphism onto ``Sym(2) × (-π, π]`` (traceless ``Sym``
+  for SL(2)), used as kernel input instead of the group logarithm, which is not surjective on these
+  non-compact groups;
+* samples ``g = exp(X)·R(θ)`` with ``X`` Gaussian in ``Sym(2)`` (log-normal SPD factor) and ``θ``
+  uniform or on an equidistant grid — each factor is sampled on its own.
+
+Layers act on feature maps over R² × {group samples}, ``[B, C, N, H, W]``, and approximate the group
+integrals by Monte Carlo over the ``N`` samples, with kernels given by a SIREN of the transformed
+offset and the chart coordinates:
+
+* lifting:  ``(k ⋆ f)(x, h) = ∫ k(h⁻¹(y - x)) f(y) dy / |det h|``
+* group:    ``(k ⋆ f)(x, h) = ∫∫ k(h⁻¹(y - x), ξ⁻¹(h⁻¹h')) f(y, h') dy dμ(h') / |det h|``
+
+The ``1/|det h|`` factor is the determinant correction of the Haar measure of R² ⋊ GL⁺(2) (it is 1
+on SL(2)); with it both maps commute with ``f ↦ f(A⁻¹(· - t), A⁻¹ ·)`` for any affine ``(t, A)``.
+As in the authors' implementation the Monte Carlo samples are not importance-weighted. Given a sample
+set ``S``, the layers satisfy ``L(f∘A⁻¹, S) = L(f, A⁻¹S)∘A⁻¹`` exactly when ``A`` maps the pixel grid
+and kernel window onto themselves (quarter turns) and up to the pixel grid otherwise; pooled outputs
+become invariant as far as ``A⁻¹S`` and ``S`` are alike, i.e. as the samples fill the group (the
+sampler's law is rotation invariant with uniform angles, and under the grid's turns with equidistant ones).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "sym_exp",
+    "spd_log",
+    "LinearGroup2",
+    "GL2",
+    "SL2",
+    "get_group",
+    "SirenKernel",
+    "LiftingConv",
+    "GroupConv",
+    "GroupLayerNorm",
+    "pool_group",
+    "pool_spatial",
+]
+
+AngleSampling = Literal["equidistant", "uniform"]
+
+# Below this, ratios like atanh(s)/s and sinh(r)/r switch to their Taylor series (error < 1e-16).
+_SMALL = 1e-4
+
+
+def _rotation(theta: Tensor) -> Tensor:  # [...] -> [..., 2, 2]
+    c, s = torch.cos(theta), torch.sin(theta)
+    return torch.stack((torch.stack((c, -s), -1), torch.stack((s, c), -1)), -2)
+
+
+def _split_symmetric(s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``S = m·I + D`` with ``D`` traceless: returns ``m``, ``D`` and ``ρ = ‖D‖_F / √2`` (D's eigenvalues ±ρ)."""
+    m = 0.5 * (s[..., 0, 0] + s[..., 1, 1])
+    d = s - m[..., None, None] * torch.eye(2, dtype=s.dtype, device=s.device)
+    rho = torch.sqrt(d[..., 0, 0] ** 2 + d[..., 0, 1] ** 2)
+    return m, d, rho
+
+
+def sym_exp(x: Tensor) -> Tensor:
+    """Matrix exponential of symmetric 2×2 matrices, in closed form: ``e^m (cosh ρ·I + sinh ρ/ρ·D)``."""
+    m, d, rho = _split_symmetric(x)
+    safe = torch.where(rho > _SMALL, rho, torch.ones_like(rho))
+    sinhc = torch.where(rho > _SMALL, torch.sinh(safe) / safe, 1.0 + rho**2 / 6.0)
+    eye = torch.eye(2, dtype=x.dtype, device=x.device)
+    return torch.exp(m)[..., None, None] * (torch.cosh(rho)[..., None, None] * eye + sinhc[..., None, None] * d)
+
+
+def spd_log(p: Tensor) -> Tensor:
+    """Matrix logarithm of SPD 2×2 matrices: eigenvalues ``m ± ρ`` give ``½ log det P·I + atanh(ρ/m)/ρ·D``."""
+    m, d, rho = _split_symmetric(p)
+    s = rho / m
+    safe = torch.where(s > _SMALL, s, torch.ones_like(s))
+    atanhc = torch.where(s > _SMALL, torch.atanh(safe) / safe, 1.0 + s**2 / 3.0)
+    eye = torch.eye(2, dtype=p.dtype, device=p.device)
+    log_det = torch.log(m**2 - rho**2)
+    return 0.5 * log_det[..., None, None] * eye + (atanhc / m)[..., None, None] * d
+
+
+class LinearGroup2:
+    """A connected matrix group ``H ⊂ GL⁺(2)`` handled through its polar decomposition ``g = P·R``.
+
+    Chart coordinates of ``log P = [[a, b], [b, c]]`` are orthonormal for the Frobenius inner product
+    (so an isotropic Gaussian in them is rotation invariant), followed by the angle of ``R``.
+    Subclasses fix the SPD part: all of ``Sym(2)`` for GL⁺(2), its traceless part for SL(2).
+    """
+
+    name: str = ""
+    #: number of chart coordinates (the group's dimension)
+    dim: int = 0
+    #: ``det g = 1`` on the whole group, so the Haar determinant correction is 1
+    volume_preserving: bool = False
+
+    def spd_coordinates(self, log_p: Tensor) -> Tensor:  # [..., 2, 2] -> [..., dim - 1]
+        raise NotImplementedError
+
+    def spd_from_coordinates(self, v: Tensor) -> Tensor:  # [..., dim - 1] -> [..., 2, 2]
+        raise NotImplementedError
+
+    def contains(self, g: Tensor, atol: float = 1e-6) -> bool:
+        """Whether every matrix in ``g [..., 2, 2]`` lies in the group (``det > 0``, or ``det = 1``)."""
+        return g.shape[-2:] == (2, 2) and bool((torch.linalg.det(g) > 0).all())
+
+    # -- group structure ---------------------------------------------------------------------------
+    @staticmethod
+    def identity(n: int = 1, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> Tensor:
+        return torch.eye(2, dtype=dtype, device=device).expand(n, 2, 2).clone()
+
+    @staticmethod
+    def compose(g: Tensor, h: Tensor) -> Tensor:  # [..., 2, 2] x [..., 2, 2] -> [..., 2, 2]
+        return g @ h
+
+    @staticmethod
+    def inverse(g: Tensor) -> Tensor:  # [..., 2, 2] -> [..., 2, 2]
+        """Closed-form 2×2 inverse ``adj(g) / det g`` (batched, exact up to round-off)."""
+        a, b, c, d = g[..., 0, 0], g[..., 0, 1], g[..., 1, 0], g[..., 1, 1]
+        det = a * d - b * c
+        adj = torch.stack((torch.stack((d, -b), -1), torch.stack((-c, a), -1)), -2)
+        return adj / det[..., None, None]
+
+    @staticmethod
+    def act(g: Tensor, x: Tensor) -> Tensor:
+        """``g · x`` on coordinates: ``g [..., 2, 2]`` broadcast against points ``x [..., 2]``."""
+        return (g @ x.unsqueeze(-1)).squeeze(-1)
+
+    # -- polar decomposition and chart -------------------------------------------------------------
+    @staticmethod
+    def polar(g: Tensor) -> tuple[Tensor, Tensor]:
+        """``g = P·R`` for ``g [..., 2, 2]`` with ``det g > 0``; returns ``(P, R)``.
+
+        In 2D the rotation factor is the normalized ``g + cof(g)``, so its angle is
+        ``atan2(g₂₁ - g₁₂, g₁₁ + g₂₂)``; then ``P = g Rᵀ`` (symmetrized against round-off).
+        """
+        if g.shape[-2:] != (2, 2):
+            raise ValueError(f"group elements must be 2×2 matrices, got shape {tuple(g.shape)}")
+        if not bool((torch.linalg.det(g) > 0).all()):
+            raise ValueError("the polar decomposition needs det(g) > 0 (GL⁺(2)); got a matrix with det(g) <= 0")
+        theta = torch.atan2(g[..., 1, 0] - g[..., 0, 1], g[..., 0, 0] + g[..., 1, 1])
+        r = _rotation(theta)
+        p = g @ r.transpose(-1, -2)
+        return 0.5 * (p + p.transpose(-1, -2)), r
+
+    def log_chart(self, g: Tensor) -> Tensor:
+        """The global chart ``ξ⁻¹(g) = (log P, angle of R) [..., dim]``, angle in ``(-π, π]``."""
+        p, r = self.polar(g)
+        theta = torch.atan2(r[..., 1, 0], r[..., 0, 0])
+        # The chart jumps at θ = ±π; round-off must not put a half turn on the -π side, or two
+        # equal group elements (e.g. relative angles of an equidistant grid) get different kernels.
+        half_turn = -math.pi + 64 * torch.finfo(theta.dtype).eps * math.pi
+        theta = torch.where(theta <= half_turn, theta + 2 * math.pi, theta)
+        return torch.cat((self.spd_coordinates(spd_log(p)), theta.unsqueeze(-1)), dim=-1)
+
+    def exp_chart(self, v: Tensor) -> Tensor:
+        """Inverse chart ``ξ(v) = exp(X(v[:-1]))·R(v[-1])`` for ``v [..., dim]``."""
+        if v.shape[-1] != self.dim:
+            raise ValueError(f"{self.name} chart coordinates have {self.dim} entries, got {v.shape[-1]}")
+        return sym_exp(self.spd_from_coordinates(v[..., :-1])) @ _rotation(v[..., -1])
+
+    # -- sampling ----------------------------------------------------------------------------------
+    def sample(
+        self,
+        num_samples: int,
+        *,
+        spd_std: float = math.sqrt(0.1),
+        angles: AngleSampling = "equidistant",
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """Draw ``[num_samples, 2, 2]`` elements ``exp(X)·R(θ)`` (CPU generator, float64, then cast).
+
+        Args:
+            num_samples: number of group elements.
+            spd_std: standard deviation of each chart coordinate of ``X = log P`` (log-normal SPD
+                factor); the paper's default variance 0.1 gives ``√0.1``.
+            angles: ``"equidistant"``: ``θ_k = 2πk/N`` (identity included, deterministic);
+                ``"uniform"``: i.i.d. uniform on the circle.
+            generator: CPU ``torch.Generator`` for reproducible draws.
+        """
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+        if spd_std < 0:
+            raise ValueError(f"spd_std must be non-negative, got {spd_std}")
+        v = spd_std * torch.randn(num_samples, self.dim - 1, generator=generator, dtype=torch.float64)
+        if angles == "equidistant":
+            theta = 2.0 * math.pi * torch.arange(num_samples, dtype=torch.float64) / num_samples
+            theta = torch.where(theta > math.pi, theta - 2.0 * math.pi, theta)
+        elif angles == "uniform":
+            theta = math.pi * (2.0 * torch.rand(num_samples, generator=generator, dtype=torch.float64) - 1.0)
+        else:
+            raise ValueError(f"angles must be 'equidistant' or 'uniform', got {angles!r}")
+        g = self.exp_chart(torch.cat((v, theta.unsqueeze(-1)), dim=-1))
+        return g.to(dtype=dtype, device=device)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(dim={self.dim})"
+
+
+class GL2(LinearGroup2):
+    """GL⁺(2): chart ``(a, √2·b, c, θ)`` for ``log P = [[a, b], [b, c]]``."""
+
+    name = "GL⁺(2)"
+    dim = 4
+    volume_preserving = False
+
+    def spd_coordinates(self, log_p: Tensor) -> Tensor:
+        return torch.stack((log_p[..., 0, 0], math.sqrt(2.0) * log_p[..., 0, 1], log_p[..., 1, 1]), dim=-1)
+
+    def spd_from_coordinates(self, v: Tensor) -> Tensor:
+        off = v[..., 1] / math.sqrt(2.0)
+        return torch.stack((torch.stack((v[..., 0], off), -1), torch.stack((off, v[..., 2]), -1)), -2)
+
+
+class SL2(LinearGroup2):
+    """SL(2): chart ``(√2·a, √2·b, θ)`` for the traceless ``log P = [[a, b], [b, -a]]``."""
+
+    name = "SL(2)"
+    dim = 3
+    volume_preserving = True
+
+    def contains(self, g: Tensor, atol: float = 1e-6) -> bool:
+        return g.shape[-2:] == (2, 2) and bool(((torch.linalg.det(g) - 1.0).abs() <= atol).all())
+
+    def spd_coordinates(self, log_p: Tensor) -> Tensor:
+        return math.sqrt(2.0) * torch.stack((log_p[..., 0, 0], log_p[..., 0, 1]), dim=-1)
+
+    def spd_from_coordinates(self, v: Tensor) -> Tensor:
+        a, b = v[..., 0] / math.sqrt(2.0), v[..., 1] / math.sqrt(2.0)
+        return torch.stack((torch.stack((a, b), -1), torch.stack((b, -a), -1)), -2)
+
+
+_GROUPS: dict[str, type[LinearGroup2]] = {"gl2": GL2, "sl2": SL2}
+
+
+def get_group(group: str | LinearGroup2) -> LinearGroup2:
+    """``"gl2"`` → :class:`GL2`, ``"sl2"`` → :class:`SL2`; group objects pass through."""
+    if isinstance(group, LinearGroup2):
+        return group
+    if group not in _GROUPS:
+        raise ValueError(f"unknown group {group!r}; use one of {sorted(_GROUPS)}")
+    return _GROUPS[group]()
+
+
+class SirenKernel(nn.Module):
+    """SIREN (Sitzmann et al. 2020): ``sin(ω₀(Wx + b))`` layers, then a linear map to the kernel values.
+
+    Initialization follows SIREN (first layer ``U(±1/in)``, hidden ``U(±√(6/in)/ω₀)``); the last layer
+    is scaled by ``1/√fan_in`` of the convolution it feeds, as in the authors' code, and starts unbiased.
+
+    Args:
+        in_features: coordinates per point (2 offsets + chart dimension).
+        out_features: kernel entries per point (``C_out·C_in``).
+        hidden_features: width of the sine layers.
+        num_layers: number of sine layers.
+        omega_0: frequency of the sine layers.
+        fan_in: fan-in of the convolution (``C_in·k²``) used to scale the last layer.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        hidden_features: int = 32,
+        num_layers: int = 3,
+        omega_0: float = 10.0,
+        fan_in: int = 1,
+    ) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"a SIREN needs at least one sine layer, got num_layers={num_layers}")
+        if omega_0 <= 0:
+            raise ValueError(f"omega_0 must be positive, got {omega_0}")
+        self.omega_0 = omega_0
+        sizes = [in_features] + [hidden_features] * num_layers
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.out = nn.Linear(hidden_features, out_features)
+        with torch.no_grad():
+            for k, layer in enumerate(self.layers):
+                bound = 1.0 / layer.in_features if k == 0 else math.sqrt(6.0 / layer.in_features) / omega_0
+                layer.weight.uniform_(-bound, bound)
+            bound = math.sqrt(6.0 / hidden_features) / math.sqrt(fan_in)
+            self.out.weight.uniform_(-bound, bound)
+            self.out.bias.zero_()
+
+    def forward(self, coords: Tensor) -> Tensor:  # [..., in_features] -> [..., out_features]
+        h = coords
+        for layer in self.layers:
+            h = torch.sin(self.omega_0 * layer(h))
+        return self.out(h)
+
+
+class _SampledConv(nn.Module):
+    """Shared parts of the lifting and group convolutions: offset grid, SIREN, mask, bias."""
+
+    def __init__(
+        self,
+        group: str | LinearGroup2,
+        in_channels: int,
+        out_channels: int,
+        *,
+        kernel_size: int,
+        padding: int,
+        bias: bool,
+        chart_features: int,
+        hidden_features: int,
+        num_layers: int,
+        omega_0: float,
+        mask_radius: float | None,
+        mask_slope: float,
+    ) -> None:
+        super().__init__()
+        if kernel_size < 3 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd and at least 3, got {kernel_size}")
+        self.group = get_group(group)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.padding = kernel_size, padding
+        self.mask_radius, self.mask_slope = mask_radius, mask_slope
+        # Offsets (dx, dy) of the k×k window in units of its half-width: the unit disk touches its edges.
+        r = torch.arange(kernel_size, dtype=torch.get_default_dtype()) - (kernel_size - 1) / 2
+        dy, dx = torch.meshgrid(r, r, indexing="ij")
+        self.register_buffer("offsets", torch.stack((dx, dy), -1).reshape(-1, 2) / ((kernel_size - 1) / 2))
+        self.siren = SirenKernel(
+            2 + chart_features,
+            out_channels * in_channels,
+            hidden_features,
+            num_layers,
+            omega_0,
+            fan_in=in_channels * kernel_size**2,
+        )
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+
+    def transformed_offsets(self, samples: Tensor) -> tuple[Tensor, Tensor]:
+        """``h⁻¹·u`` for every sample and window offset ``[N, k², 2]``, and the kernel weight
+        ``mask(h⁻¹·u) / |det h|`` ``[N, k², 1]``.
+
+        The smooth mask ``σ(slope·(radius - |h⁻¹u|))`` confines the kernel to the ``h``-image of a disk;
+        it keeps the kernel away from the square window's edges, whose cut would break equivariance.
+        Group arithmetic runs in float64 (the tensors are tiny); results come in the layer's dtype.
+        """
+        inv = self.group.inverse(samples.double())
+        u = self.group.act(inv.unsqueeze(1), self.offsets.double()).to(self.offsets.dtype)
+        weight = torch.ones_like(u[..., :1])
+        if self.mask_radius is not None:
+            weight = torch.sigmoid(self.mask_slope * (self.mask_radius - u.norm(dim=-1, keepdim=True)))
+        if not self.group.volume_preserving:
+            weight = weight * torch.linalg.det(inv).abs().to(weight.dtype)[:, None, None]
+        return u, weight
+
+    def _add_bias(self, y: Tensor) -> Tensor:  # [B, C_out, N, H, W]
+        return y if self.bias is None else y + self.bias.view(1, -1, 1, 1, 1)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.group.name}, {self.in_channels} -> {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"padding={self.padding}, mask_radius={self.mask_radius}, mask_slope={self.mask_slope}"
+        )
+
+
+class LiftingConv(_SampledConv):
+    r"""Lifting convolution from images on R² to feature maps on R² × {group samples}.
+
+    ``(k ⋆ f)(x, h_i) = Σ_u k(h_i⁻¹u) m(h_i⁻¹u) f(x + u) / |det h_i|`` over the ``k×k`` window, the
+    pixel-grid form of ``∫ k(h⁻¹(y - x)) f(y) dy / |det h|``.
+
+    Args:
+        group: ``"gl2"``, ``"sl2"`` or a :class:`LinearGroup2`.
+        in_channels, out_channels: channels.
+        kernel_size: odd window size ``k``; offsets ``u`` are measured in units of its half-width.
+        padding: zero padding in space.
+        bias: learnable per-channel bias.
+        hidden_features, num_layers, omega_0: the SIREN kernel network.
+        mask_radius: radius of the smooth mask on ``|h⁻¹u|``; None for no mask.
+        mask_slope: steepness of the mask's edge.
+
+    Shapes:
+        x ``[B, C_in, H, W]``, samples ``[N, 2, 2]`` -> ``[B, C_out, N, H', W']``
+    """
+
+    def __init__(
+        self,
+        group: str | LinearGroup2,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 5,
+        padding: int = 0,
+        bias: bool = True,
+        hidden_features: int = 32,
+        num_layers: int = 3,
+        omega_0: float = 10.0,
+        mask_radius: float | None = 0.75,
+        mask_slope: float = 10.0,
+    ) -> None:
+        super().__init__(
+            group,
+            in_channels,
+            out_channels,
+            kernel_size=kernel_size,
+            padding=padding,
+            bias=bias,
+            chart_features=0,
+            hidden_features=hidden_features,
+            num_layers=num_layers,
+            omega_0=omega_0,
+            mask_radius=mask_radius,
+            mask_slope=mask_slope,
+        )
+
+    def kernel(self, samples: Tensor) -> Tensor:  # [N, 2, 2] -> [C_out, N, C_in, k, k]
+        u, weight = self.transformed_offsets(samples)
+        values = self.siren(u) * weight  # [N, k², C_out·C_in]
+        k = self.kernel_size
+        values = values.view(-1, k, k, self.out_channels, self.in_channels)
+        return values.permute(3, 0, 4, 1, 2)
+
+    def forward(self, x: Tensor, samples: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"LiftingConv expects images [B, {self.in_channels}, H, W], got {tuple(x.shape)}")
+        kernel = self.kernel(samples)
+        num = kernel.shape[1]
+        weight = kernel.reshape(self.out_channels * num, self.in_channels, *kernel.shape[-2:])
+        y = F.conv2d(x, weight, padding=self.padding)
+        return self._add_bias(y.view(x.shape[0], self.out_channels, num, *y.shape[-2:]))
+
+
+class GroupConv(_SampledConv):
+    r"""Group convolution between feature maps on R² × {group samples}, by Monte Carlo over the input samples.
+
+    ``(k ⋆ f)(x, h_i) = 1/N_in Σ_j Σ_u k(h_i⁻¹u, ξ⁻¹(h_i⁻¹h_j)) m(h_i⁻¹u) f(x + u, h_j) / |det h_i|``,
+    the estimate of ``∫∫ k(h⁻¹(y - x), ξ⁻¹(h⁻¹h')) f(y, h') dy dμ(h') / |det h|`` with ``h_j`` the
+    input's samples and ``h_i`` the output's (the same ones by default, as a residual connection needs).
+    ``padding=None`` keeps the spatial size.
+
+    Args:
+        group: ``"gl2"``, ``"sl2"`` or a :class:`LinearGroup2`.
+        in_channels, out_channels: channels.
+        kernel_size: odd window size ``k``; offsets ``u`` are measured in units of its half-width.
+        padding: zero padding in space.
+        bias: learnable per-channel bias.
+        hidden_features, num_layers, omega_0: the SIREN kernel network.
+        mask_radius: radius of the smooth mask on ``|h⁻¹u|``; None for no mask.
+        mask_slope: steepness of the mask's edge.
+
+    Shapes:
+        x ``[B, C_in, N_in, H, W]``, samples_in ``[N_in, 2, 2]``, samples_out ``[N_out, 2, 2]``
+        -> ``[B, C_out, N_out, H', W']``
+    """
+
+    def __init__(
+        self,
+        group: str | LinearGroup2,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 5,
+        padding: int | None = None,
+        bias: bool = True,
+        hidden_features: int = 32,
+        num_layers: int = 3,
+        omega_0: float = 10.0,
+        mask_radius: float | None = 0.75,
+        mask_slope: float = 10.0,
+    ) -> None:
+        group = get_group(group)
+        super().__init__(
+            group,
+            in_channels,
+            out_channels,
+            kernel_size=kernel_size,
+            padding=kernel_size // 2 if padding is None else padding,
+            bias=bias,
+            chart_features=group.dim,
+            hidden_features=hidden_features,
+            num_layers=num_layers,
+            omega_0=omega_0,
+            mask_radius=mask_radius,
+            mask_slope=mask_slope,
+        )
+
+    def kernel(self, samples_in: Tensor, samples_out: Tensor) -> Tensor:
+        """Monte Carlo weights ``[C_out, N_out, C_in, N_in, k, k]`` (the ``1/N_in`` included)."""
+        n_out, n_in, k2 = samples_out.shape[0], samples_in.shape[0], self.offsets.shape[0]
+        u, weight = self.transformed_offsets(samples_out)  # [N_out, k², 2], [N_out, k², 1]
+        relative = self.group.compose(self.group.inverse(samples_out.double()).unsqueeze(1), samples_in.double()[None])
+        chart = self.group.log_chart(relative).to(u.dtype)  # ξ⁻¹(h_i⁻¹ h_j) [N_out, N_in, dim]
+        coords = torch.cat(
+            (u.unsqueeze(1).expand(n_out, n_in, k2, 2), chart.unsqueeze(2).expand(n_out, n_in, k2, chart.shape[-1])),
+            dim=-1,
+        )
+        values = self.siren(coords) * (weight.unsqueeze(1) / n_in)  # [N_out, N_in, k², C_out·C_in]
+        k = self.kernel_size
+        values = values.view(n_out, n_in, k, k, self.out_channels, self.in_channels)
+        return values.permute(4, 0, 5, 1, 2, 3)
+
+    def forward(self, x: Tensor, samples_in: Tensor, samples_out: Tensor | None = None) -> Tensor:
+        samples_out = samples_in if samples_out is None else samples_out
+        if x.dim() != 5 or x.shape[1] != self.in_channels or x.shape[2] != samples_in.shape[0]:
+            raise ValueError(
+                f"GroupConv expects features [B, {self.in_channels}, {samples_in.shape[0]}, H, W] "
+                f"(one slice per input sample), got {tuple(x.shape)}"
+            )
+        kernel = self.kernel(samples_in, samples_out)
+        c_out, n_out, c_in, n_in, k, _ = kernel.shape
+        y = F.conv2d(x.flatten(1, 2), kernel.reshape(c_out * n_out, c_in * n_in, k, k), padding=self.padding)
+        return self._add_bias(y.view(x.shape[0], c_out, n_out, *y.shape[-2:]))
+
+
+class GroupLayerNorm(nn.Module):
+    """Layer norm over everything but the batch (channels, group samples, space), per-channel affine.
+
+    Statistics over whole feature maps are invariant under the group action on the samples and on
+    space, so the normalization keeps equivariance; works for ``[B, C, N, H, W]`` and ``[B, C, H, W]``.
+
+    Args:
+        channels: number of channels ``C`` (dimension 1).
+        eps: added to the variance.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: Tensor) -> Tensor:  # [B, C, ...] -> [B, C, ...]
+        x = F.layer_norm(x, x.shape[1:], eps=self.eps)
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return x * self.weight.view(shape) + self.bias.view(shape)
+
+
+def pool_group(x: Tensor, reduce: Literal["max", "mean"] = "max") -> Tensor:
+    """Pool over the group samples: ``[B, C, N, H, W] -> [B, C, H, W]`` (invariant to relabelling them)."""
+    if reduce == "max":
+        return x.amax(dim=2)
+    if reduce == "mean":
+        return x.mean(dim=2)
+    raise ValueError(f"reduce must be 'max' or 'mean', got {reduce!r}")
+
+
+def pool_spatial(x: Tensor, kernel_size: int = 2) -> Tensor:
+    """Max-pool space, each group sample on its own: ``[B, C, N, H, W] -> [B, C, N, H/k, W/k]``."""
+    b, c, n = x.shape[:3]
+    y = F.max_pool2d(x.flatten(1, 2), kernel_size)
+    return y.view(b, c, n, *y.shape[-2:])

@@ -1,0 +1,109 @@
+"""Image classification as a LightningModule built from plain config dicts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+from torchmetrics.classification import MulticlassAccuracy
+
+__all__ = ["ImageTask"]
+
+
+class ImageTask(pl.LightningModule):
+    """Cross-entropy classification of images ``[B, C, H, W]`` by any network ``net(images) -> logits``.
+
+    The network is built here from its config, ``hydra.utils.instantiate(net, num_classes=...)``, and
+    every argument is saved with ``save_hyperparameters()``, so ``ImageTask.load_from_checkpoint(path)``
+    needs nothing else. Logs ``{train,val,test}/loss`` and ``{train,val,test}/acc``.
+
+    Args:
+        net: config of the network (``_target_`` plus arguments), e.g. ``geomol.models.affine_cnn.AffineCNN``.
+        num_classes: number of classes (the data module's ``task_kwargs()`` gives it).
+        optimizer: partial optimizer config (``_partial_: true``), called with the parameters.
+        scheduler: partial LR-scheduler config called with the optimizer, or None.
+        scheduler_interval: ``"epoch"`` or ``"step"``.
+        monitor: metric a plateau scheduler watches.
+        label_smoothing: cross-entropy label smoothing.
+        **net_settings: short top-level handles of the model config (AffineCNN's ``group`` and
+            ``num_samples``, so that ``model.group=gl2`` works) that the config interpolates into
+            ``net``; each must equal ``net``'s entry of the same name, which catches a handle that is not
+            wired into the network.
+    """
+
+    def __init__(
+        self,
+        net: dict,
+        num_classes: int,
+        optimizer: dict,
+        scheduler: dict | None = None,
+        scheduler_interval: str = "epoch",
+        monitor: str = "val/loss",
+        label_smoothing: float = 0.0,
+        **net_settings: Any,
+    ) -> None:
+        super().__init__()
+        # Plain containers in the hyper-parameters: torch.load(weights_only=True) refuses DictConfig.
+        net, optimizer, scheduler = (
+            OmegaConf.to_container(c, resolve=True) if isinstance(c, DictConfig) else c
+            for c in (net, optimizer, scheduler)
+        )
+        for key, value in net_settings.items():
+            if key not in net or net[key] != value:
+                raise ValueError(
+                    f"model setting {key}={value!r} is not passed on to the network (net.{key} is "
+                    f"{net.get(key, 'missing')!r}); interpolate it, e.g. net.{key}: ${{model.{key}}}"
+                )
+        if num_classes < 2:
+            raise ValueError(f"classification needs at least 2 classes, got num_classes={num_classes}")
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+        self.save_hyperparameters()
+        self.net = hydra.utils.instantiate(net, num_classes=num_classes)
+        # Keys must not shadow nn.Module attributes such as ``train``.
+        self.accuracy = torch.nn.ModuleDict(
+            {f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro") for stage in ("train", "val", "test")}
+        )
+
+    def forward(self, images: Tensor) -> Tensor:  # [B, C, H, W] -> [B, num_classes]
+        return self.net(images)
+
+    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+        images, labels = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
+        accuracy = self.accuracy[f"{stage}_acc"]
+        accuracy(logits, labels)
+        # Training loss per step, evaluation loss as the epoch mean: one name each (no _step/_epoch suffixes).
+        train = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=train, on_epoch=not train, prog_bar=True, batch_size=len(labels))
+        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        return loss
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "test")
+
+    def configure_optimizers(self) -> Any:
+        optimizer = hydra.utils.instantiate(self.hparams.optimizer)(params=self.parameters())
+        if self.hparams.scheduler is None:
+            return optimizer
+        scheduler = hydra.utils.instantiate(self.hparams.scheduler)(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {
+                "scheduler": scheduler,
+                "interval": self.hparams.scheduler_interval,
+                "monitor": self.hparams.monitor,
+            },
+        }

@@ -1,0 +1,206 @@
+import math
+
+import pytest
+import torch
+
+from geomol.nn.liegroup import (
+    GL2,
+    SL2,
+    GroupConv,
+    GroupLayerNorm,
+    LiftingConv,
+    get_group,
+    pool_group,
+    pool_spatial,
+    spd_log,
+    sym_exp,
+)
+
+GROUPS = [GL2(), SL2()]
+IDS = ["gl2", "sl2"]
+
+
+def _samples(group, n=64, seed=0, spd_std=0.8):
+    gen = torch.Generator().manual_seed(seed)
+    return group.sample(n, spd_std=spd_std, angles="uniform", generator=gen)
+
+
+def test_sym_exp_and_spd_log_match_torch():
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(50, 2, 2, dtype=torch.float64, generator=gen)
+    x = a + a.mT
+    x[:5] = 0.3 * torch.eye(2, dtype=torch.float64)  # ρ = 0: the Taylor branches
+    x[5:10] += 1e-7 * torch.tensor([[1.0, 0.0], [0.0, -1.0]], dtype=torch.float64)
+    torch.testing.assert_close(sym_exp(x), torch.linalg.matrix_exp(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(spd_log(torch.linalg.matrix_exp(x)), x, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("group", GROUPS, ids=IDS)
+def test_polar_decomposition_and_chart_round_trips(group):
+    g = _samples(group)
+    p, r = group.polar(g)
+    eye = torch.eye(2, dtype=torch.float64)
+    torch.testing.assert_close(p @ r, g, rtol=0, atol=1e-12)
+    torch.testing.assert_close(p, p.mT, rtol=0, atol=0)
+    assert bool((torch.linalg.eigvalsh(p) > 0).all())
+    torch.testing.assert_close(r @ r.mT, eye.expand_as(r), rtol=0, atol=1e-14)
+    torch.testing.assert_close(torch.linalg.det(r), torch.ones(len(r), dtype=torch.float64))
+    # ξ(ξ⁻¹(g)) = g, and ξ⁻¹(ξ(v)) = v on the chart's domain (angle in (-π, π)).
+    v = group.log_chart(g)
+    assert v.shape == (len(g), group.dim)
+    torch.testing.assert_close(group.exp_chart(v), g, rtol=0, atol=1e-12)
+    v = torch.randn(64, group.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    v[:, -1] = math.pi * (2 * torch.rand(64, dtype=torch.float64) - 1) * 0.999
+    torch.testing.assert_close(group.log_chart(group.exp_chart(v)), v, rtol=0, atol=1e-11)
+    # The chart is centred: ξ⁻¹(identity) = 0.
+    torch.testing.assert_close(group.log_chart(group.identity(1)), torch.zeros(1, group.dim, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("group", GROUPS, ids=IDS)
+def test_group_axioms_on_samples(group):
+    a, b, c = (_samples(group, 32, seed) for seed in range(3))
+    e = group.identity(32)
+    torch.testing.assert_close(group.compose(group.compose(a, b), c), group.compose(a, group.compose(b, c)))
+    torch.testing.assert_close(group.compose(a, group.inverse(a)), e, rtol=0, atol=1e-12)
+    torch.testing.assert_close(group.compose(group.inverse(a), a), e, rtol=0, atol=1e-12)
+    torch.testing.assert_close(group.compose(a, e), a, rtol=0, atol=0)
+    torch.testing.assert_close(group.inverse(a), torch.linalg.inv(a))
+    assert group.contains(group.compose(a, b)) and group.contains(group.inverse(c))
+    det = torch.linalg.det(group.compose(a, b))
+    if isinstance(group, SL2):
+        torch.testing.assert_close(det, torch.ones_like(det), rtol=0, atol=1e-12)
+        assert not group.contains(1.1 * a)
+    else:
+        assert bool((det > 0).all()) and det.std() > 0.1  # the SPD factor really scales area
+    # act is a left action on R² coordinates.
+    x = torch.randn(32, 2, dtype=torch.float64)
+    torch.testing.assert_close(group.act(a, group.act(b, x)), group.act(group.compose(a, b), x))
+
+
+@pytest.mark.parametrize("group", GROUPS, ids=IDS)
+def test_sampler_is_seeded_and_log_normal(group):
+    gen = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    a = group.sample(5000, spd_std=0.3, angles="uniform", generator=gen())
+    b = group.sample(5000, spd_std=0.3, angles="uniform", generator=gen())
+    assert torch.equal(a, b)
+    v = group.log_chart(a)
+    # log P is an isotropic Gaussian with the requested std in the chart's coordinates.
+    std = v[:, :-1].std(dim=0)
+    torch.testing.assert_close(std, torch.full_like(std, 0.3), rtol=0.05, atol=0)
+    assert v[:, -1].min() < -3.0 and v[:, -1].max() > 3.0
+    grid = group.log_chart(group.sample(8, spd_std=0.0, angles="equidistant"))
+    expected = torch.tensor([0, 1, 2, 3, 4, -3, -2, -1], dtype=torch.float64) * math.pi / 4
+    expected[4] = math.pi
+    torch.testing.assert_close(grid[:, -1], expected)
+    torch.testing.assert_close(grid[:, :-1], torch.zeros(8, group.dim - 1, dtype=torch.float64))
+
+
+def test_bad_input_raises():
+    with pytest.raises(ValueError, match="det"):
+        GL2().polar(torch.diag(torch.tensor([1.0, -1.0])))
+    with pytest.raises(ValueError, match="unknown group"):
+        get_group("so3")
+    with pytest.raises(ValueError, match="angles"):
+        SL2().sample(3, angles="random")
+    with pytest.raises(ValueError, match="kernel_size"):
+        LiftingConv("sl2", 1, 2, kernel_size=4)
+    with pytest.raises(ValueError, match="one slice per input sample"):
+        GroupConv("sl2", 2, 2)(torch.zeros(1, 2, 3, 8, 8), SL2().identity(4))
+
+
+@pytest.mark.parametrize("name", IDS)
+def test_layers_are_exactly_equivariant_to_quarter_turns(name):
+    """A quarter turn maps the pixel grid and the kernel window onto themselves, so on any sample set
+    ``S``: lift(f∘A⁻¹, S)(x) = lift(f, A⁻¹S)(A⁻¹x), and likewise for the group convolution."""
+    torch.manual_seed(0)
+    group = get_group(name)
+    lift = LiftingConv(name, 2, 3, kernel_size=5, padding=2).double()
+    conv = GroupConv(name, 3, 4, kernel_size=5).double()
+    samples = _samples(group, 5, spd_std=0.3)
+    # rot90 on (row, col) is f'(p) = f(A⁻¹p) with A⁻¹ = [[0, -1], [1, 0]] on (x, y) = (col, row).
+    a_inv = torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64)
+    moved = group.compose(a_inv, samples)
+    f = torch.randn(2, 2, 13, 13, dtype=torch.float64)
+    out, out_moved = lift(torch.rot90(f, 1, (2, 3)), samples), lift(f, moved)
+    torch.testing.assert_close(out, torch.rot90(out_moved, 1, (3, 4)), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        conv(out, samples), torch.rot90(conv(out_moved, moved), 1, (3, 4)), rtol=1e-10, atol=1e-12
+    )
+    # A relabelling of the samples only permutes the group axis.
+    perm = torch.randperm(5)
+    torch.testing.assert_close(conv(out[:, :, perm], samples[perm]), conv(out, samples)[:, :, perm])
+
+
+@pytest.mark.parametrize("name", IDS)
+def test_determinant_correction_makes_lifting_scale_consistent(name):
+    """On a constant image the lifting output is the Riemann sum Σ_u k(h⁻¹u) m(h⁻¹u) / |det h|
+    ≈ (grid density) · ∫ k m: the same for every h whose kernel fits the window, because of 1/|det h|."""
+    torch.manual_seed(0)
+    lift = LiftingConv(name, 1, 4, kernel_size=41, omega_0=3.0, mask_radius=0.5).double()
+    if name == "gl2":
+        h = torch.stack([s * torch.eye(2, dtype=torch.float64) for s in [0.6, 0.8, 1.0]])
+    else:
+        h = torch.stack([torch.diag(torch.tensor([s, 1 / s], dtype=torch.float64)) for s in [0.8, 1.25, 1.0]])
+    out = lift(torch.ones(1, 1, 41, 41, dtype=torch.float64), h)[0, :, :, 0, 0]  # [C, 3]
+    scale = out.abs().max().item()
+    # Riemann-sum error of the 41×41 grid: well below 1.5 %.
+    torch.testing.assert_close(out[:, :2], out[:, 2:].expand(-1, 2), rtol=0, atol=1.5e-2 * scale)
+    if name == "gl2":
+        # Without the correction the sums would scale with det h = s², i.e. by 0.36 and 0.64 here.
+        uncorrected = out * torch.tensor([0.36, 0.64, 1.0], dtype=torch.float64)
+        assert (uncorrected[:, :2] - uncorrected[:, 2:]).abs().max() > 0.3 * scale
+
+
+def _strokes(size: int, a_inv: torch.Tensor | None = None) -> torch.Tensor:
+    """A digit-like image of three Gaussian strokes, evaluated exactly at f(A⁻¹p) (no resampling)."""
+    r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    yy, xx = torch.meshgrid(r, r, indexing="ij")
+    p = torch.stack((xx, yy), -1)
+    if a_inv is not None:
+        p = p @ a_inv.T
+    image = torch.zeros(size, size, dtype=torch.float64)
+    for start, end in [((-4.0, -3.0), (3.0, -2.0)), ((3.0, -2.0), (-1.0, 4.0)), ((-3.0, 1.0), (2.0, 1.5))]:
+        a, b = torch.tensor(start, dtype=torch.float64), torch.tensor(end, dtype=torch.float64)
+        t = ((p - a) @ (b - a) / (b - a).dot(b - a)).clamp(0, 1)
+        image = image + torch.exp(-((p - a - t[..., None] * (b - a)) ** 2).sum(-1) / 2)
+    return image[None, None]
+
+
+@pytest.mark.parametrize("name", IDS)
+def test_lifting_group_pooled_output_converges_to_invariance(name):
+    """Under an affine map A of the input, lift(f∘A⁻¹, S) = lift(f, A⁻¹S) at the fixed point of A, so
+    the group-mean of the lifting output changes only by the Monte Carlo error of the sample set,
+    which must shrink as the number of samples grows."""
+    torch.manual_seed(0)
+    group = get_group(name)
+    lift = LiftingConv(name, 1, 16, kernel_size=9, padding=4).double()
+    theta = math.radians(30)
+    rotation = torch.tensor([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+    stretch = [[1.1, 0.2], [0.0, 0.95]] if name == "gl2" else [[1.1, 0.2], [0.0, 1 / 1.1]]
+    a = (rotation @ torch.tensor(stretch)).double()
+    image, moved = _strokes(21), _strokes(21, torch.linalg.inv(a))
+    centre = 10
+    errors = []
+    with torch.no_grad():
+        for num in [1, 4, 16, 64]:
+            trials = []
+            for seed in range(4):
+                samples = group.sample(num, generator=torch.Generator().manual_seed(seed))
+                y = pool_group(lift(image, samples), "mean")[0, :, centre, centre]
+                y_moved = pool_group(lift(moved, samples), "mean")[0, :, centre, centre]
+                trials.append(((y_moved - y).norm() / y.norm()).item())
+            errors.append(sum(trials) / len(trials))
+    assert all(later < earlier for earlier, later in zip(errors, errors[1:])), errors
+    assert errors[-1] < 0.3 * errors[0], errors
+
+
+def test_pooling_and_norm_shapes():
+    x = torch.randn(2, 3, 5, 8, 8)
+    assert pool_group(x).shape == (2, 3, 8, 8)
+    torch.testing.assert_close(pool_group(x, "mean"), x.mean(2))
+    assert pool_spatial(x).shape == (2, 3, 5, 4, 4)
+    torch.testing.assert_close(pool_spatial(x)[:, :, 2], torch.nn.functional.max_pool2d(x[:, :, 2], 2))
+    y = GroupLayerNorm(3)(x)
+    torch.testing.assert_close(y.mean(dim=(1, 2, 3, 4)), torch.zeros(2), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="reduce"):
+        pool_group(x, "sum")
