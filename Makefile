@@ -27,7 +27,7 @@ lint: setup
 	$(PY) -m ruff check geomol tests bench train.py
 
 bench: setup
-	$(PY) bench/run_all.py
+	for script in bench/*.py; do $(PY) $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) outputs
