@@ -12,6 +12,8 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from ..checkpoints import read_checkpoint
+
 log = logging.getLogger("geomol")
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -53,8 +55,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     datamodule, task, trainer = build(cfg)
     ckpt = resume_checkpoint(cfg, run_dir)
     if ckpt:
+        read_checkpoint(ckpt)  # refuse unsafe or damaged files with one line
         log.info("resuming from %s", ckpt)
-    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
     metrics: dict[str, float] = {}
     if cfg.get("test", True) and not trainer.fast_dev_run:
         results = trainer.test(task, datamodule=datamodule, verbose=False)

@@ -12,6 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch_geometric.utils import scatter
 
+from ..checkpoints import GeomolTaskMixin
+
 __all__ = ["PropertyTask", "report_scale"]
 
 # MAE is reported in these units (PyG / literature convention): meV for energies, meV/Å for forces.
@@ -44,7 +46,7 @@ def check_molecule_input(z: Tensor, pos: Tensor, elements: Sequence[int] | None)
             )
 
 
-class PropertyTask(pl.LightningModule):
+class PropertyTask(GeomolTaskMixin, pl.LightningModule):
     """Regress graph-level targets, or an energy and its forces ``F = −∂E/∂pos``.
 
     The network predicts standardized targets; the task maps them back to physical units with the
