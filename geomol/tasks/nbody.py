@@ -1,0 +1,82 @@
+"""NBodyTask: predict particle positions after a fixed time from positions, velocities and charges."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from .property import build_optimizers
+
+__all__ = ["NBodyTask"]
+
+
+class NBodyTask(pl.LightningModule):
+    """Regress future positions with a mean squared error (EGNN/SEGNN/PONITA's N-body protocol).
+
+    The network maps ``(pos, vel, charge, batch)`` to predicted positions ``[N, 3]``, e.g.
+    :class:`geomol.models.ponita.PonitaDynamics`. Logged: ``{train,val,test}/loss`` (the MSE per
+    coordinate, the benchmark's metric).
+
+    Args:
+        net: config of the network (``_target_`` plus arguments).
+        optimizer: partial optimizer config (``_partial_: true``); default Adam, lr 1e-3.
+        scheduler: partial LR-scheduler config or None; ``scheduler_interval`` "epoch" or "step".
+        monitor: metric for ReduceLROnPlateau and checkpointing.
+    """
+
+    def __init__(
+        self,
+        net: Mapping,
+        optimizer: Mapping | None = None,
+        scheduler: Mapping | None = None,
+        scheduler_interval: str = "epoch",
+        monitor: str = "val/loss",
+    ) -> None:
+        super().__init__()
+        plain = [
+            OmegaConf.to_container(c, resolve=True) if isinstance(c, DictConfig) else c
+            for c in (net, optimizer, scheduler)
+        ]
+        net, optimizer, scheduler = plain
+        self.save_hyperparameters(
+            {
+                "net": net,
+                "optimizer": optimizer,
+                "scheduler": scheduler,
+                "scheduler_interval": scheduler_interval,
+                "monitor": monitor,
+            }
+        )
+        self.net = instantiate(net)
+
+    def forward(self, pos: Tensor, vel: Tensor, charge: Tensor, batch: Tensor) -> Tensor:
+        """Predicted positions.
+
+        Shapes:
+            pos ``[N, 3]``, vel ``[N, 3]``, charge ``[N, 1]``, batch ``[N]`` -> ``[N, 3]``
+        """
+        return self.net(pos, vel, charge, batch)
+
+    def _step(self, batch, stage: str) -> Tensor:
+        pred = self(batch.pos, batch.vel, batch.charge, batch.batch)
+        loss = (pred - batch.y).pow(2).mean()
+        self.log(f"{stage}/loss", loss.detach(), batch_size=batch.num_graphs, prog_bar=stage != "test")
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def configure_optimizers(self):
+        return build_optimizers(
+            self, self.hparams.optimizer, self.hparams.scheduler, self.hparams.scheduler_interval, self.hparams.monitor
+        )
