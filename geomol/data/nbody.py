@@ -4,7 +4,7 @@ Five particles with charges ±1 interact by Coulomb forces ``F_i = Σ_j q_i q_j 
 (unit masses), integrated by leapfrog with ``dt = 0.001``; each force component is clipped to
 ``±0.1/dt`` as in Kipf et al.'s NRI simulator that EGNN's data generator extends. The task: from
 positions, velocities and charges at one time, predict the positions 1,000 steps later
-(Satorras et al. 2021, EGNN, Sec. 5.1; 3,000 training, 2,000 validation, 2,000 test systems).
+(Satorras et al. 2021, EGNN; 3,000 training, 2,000 validation, 2,000 test systems).
 
 Initial conditions follow EGNN's ``generate_dataset.py --num-train 10000 --seed 43 --sufix small``
 (the ``nbody_small`` set): one NumPy ``RandomState(43)`` stream draws 10,000 training, then 2,000

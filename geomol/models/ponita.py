@@ -67,6 +67,7 @@ class PonitaNet(nn.Module):
             smoothly at the cutoff.
         lift_radius: cutoff of the graph whose edges become orientations when ``num_ori = -1``
             (about 1.7 Å picks the covalent bonds of organic molecules); ``None`` uses ``radius``.
+            An atom with no neighbour within it has no orientation and adds nothing to the readout.
         basis_dim: size of the shared kernel basis (default ``hidden_channels``).
         degree: degree of the polynomial features of the invariants.
         widening_factor: MLP width of the ConvNeXt blocks relative to ``hidden_channels``.

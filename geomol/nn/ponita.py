@@ -6,7 +6,7 @@ through Weight-Sharing in Position-Orientation Space*, ICLR 2024 (arXiv:2310.029
 A point carries a signal on a grid of orientations ``o ∈ S²``. Two position–orientations are
 equivalent under E(3) exactly when a few invariants agree, so a convolution kernel that is a function
 of these invariants shares its weights over every equivalent pair (the paper's weight-sharing
-theorem, Sec. 2). Kernels are MLPs of polynomial features of the invariants; no Clebsch–Gordan
+theorem). Kernels are MLPs of polynomial features of the invariants; no Clebsch–Gordan
 products are needed, and vectors enter and leave the network through ``v·o`` and ``Σ_o f(o) o``.
 
 Conventions: edges ``j → i`` follow :mod:`geomol.nn.graph` (``edge_index[0]`` the sender ``j``,
@@ -61,8 +61,8 @@ GRID_KINDS = ("repulsion", "fibonacci")
 def _norm(v: Tensor) -> Tensor:
     """Euclidean norm over the last dimension whose first and second derivatives stay finite at 0.
 
-    Self-loops (``r = 0``) and ``r ∥ o`` give exact zeros; a plain ``norm`` has an undefined
-    derivative there, and force training differentiates twice.
+    Self-loops (``r = 0``) give exact zeros, where a plain ``norm`` has an undefined derivative, and
+    force training differentiates twice.
     """
     sq = v.pow(2).sum(-1)
     positive = sq > 0
@@ -88,7 +88,7 @@ def distance_invariants(pos: Tensor, edge_index: Tensor) -> Tensor:
 def point_invariants(pos: Tensor, ori: Tensor, edge_index: Tensor, complete: bool = False) -> Tensor:
     r"""Invariants of pairs of position–orientations ``(p_j, o_j) → (p_i, o_i)`` in R³×S².
 
-    PONITA's three (paper, Sec. 2.3, R³×S² bi-invariants), with ``r = p_j − p_i``:
+    PONITA's three (the paper's R³×S² bi-invariants), with ``r = p_j − p_i``:
 
     .. math::
         a_1 = r·o_i, \quad a_2 = ‖r − (r·o_i)\, o_i‖, \quad a_3 = o_i·o_j .
@@ -121,7 +121,7 @@ def point_invariants(pos: Tensor, ori: Tensor, edge_index: Tensor, complete: boo
 
 
 def fiber_bundle_invariants(pos: Tensor, grid: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
-    r"""Invariants of the separable convolution on the fiber bundle R³ × grid (paper, Sec. 3).
+    r"""Invariants of the separable convolution on the fiber bundle R³ × grid (the paper's separable group convolution).
 
     The spatial step connects ``(p_j, o) → (p_i, o)`` with the *same* orientation, so it needs only
     ``[r·o, ‖r − (r·o) o‖]`` per edge and grid point; the fiber step connects ``(p_i, o') → (p_i, o)``
@@ -254,7 +254,7 @@ def lift_to_edges(pos: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
     """Lift each edge ``j → i`` to the position–orientation ``(p_i, (p_j − p_i)/‖p_j − p_i‖)``.
 
     A molecule without a grid still has directions: its bonds (or short edges). Each becomes a
-    point of R³×S² sitting on its receiver atom (paper, App. on position–orientation point clouds).
+    point of R³×S² sitting on its receiver atom (the paper's position–orientation point clouds, used for QM9).
 
     Shapes:
         pos ``[N, 3]``, edge_index ``[2, M]`` (no self-loops) -> (base atom ``[M]``, orientation ``[M, 3]``)
@@ -391,7 +391,7 @@ class FiberBundleConv(nn.Module):
         y(p_i, o) = \sum_j k_s(r_{ij}·o, ‖r_{ij}^{⊥o}‖) \odot x(p_j, o), \qquad
         x^{out}(p_i, o) = \frac{1}{O} \sum_{o'} k_f(o·o') \odot y(p_i, o') + b
 
-    (paper, Sec. 3, separable group convolution). Both kernels are depthwise; the ConvNeXt MLP
+    (the paper's separable group convolution). Both kernels are depthwise; the ConvNeXt MLP
     mixes channels.
 
     Args:

@@ -232,3 +232,13 @@ def test_sphere_lifting_and_readouts(generator):
     # Rotating the grid rotates the vector readout of the same spherical signal.
     R = random_rotation(generator=generator)
     torch.testing.assert_close(sphere_to_vector(f, grid @ R.T), sphere_to_vector(f, grid) @ R.T)
+
+
+def test_self_loops_have_finite_second_derivatives(generator):
+    pos = torch.randn(4, 3, dtype=torch.float64, generator=generator).requires_grad_(True)
+    edge_index = full_graph(torch.zeros(4, dtype=torch.long), loop=True)
+    spatial, _ = fiber_bundle_invariants(pos, fibonacci_grid(6), edge_index)
+    energy = (spatial.pow(2).sum(-1) + spatial[..., 1]).sin().sum() + distance_invariants(pos, edge_index).sum()
+    (grad,) = torch.autograd.grad(energy, pos, create_graph=True)
+    (second,) = torch.autograd.grad(grad.pow(2).sum(), pos)
+    assert torch.isfinite(grad).all() and torch.isfinite(second).all()
