@@ -64,8 +64,18 @@ def _download(url: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _read_indices(text: str) -> np.ndarray:
-    return np.array([int(line.split(",")[0]) for line in text.splitlines() if line.strip().split(",")[0].isdigit()])
+def _read_indices(text: str, name: str) -> np.ndarray:
+    """Frame indices from a split file: the first number of each line (headers and blank lines skipped)."""
+    out = []
+    for line in text.splitlines():
+        field = line.replace(",", " ").split()[:1]
+        try:
+            out.append(int(float(field[0])))
+        except (IndexError, ValueError):
+            continue
+    if not out:
+        raise ValueError(f"no frame indices found in {name}")
+    return np.array(out)
 
 
 def _cut_splits(tarball: Path, root: Path, molecule: str) -> None:
@@ -81,7 +91,8 @@ def _cut_splits(tarball: Path, root: Path, molecule: str) -> None:
         full = np.load(io.BytesIO(read(f"npz_data/rmd17_{molecule}.npz")))
         arrays = {key: full[key] for key in full.files}
         for part in ("train", "test"):
-            index = _read_indices(read(f"splits/index_{part}_01.csv").decode())
+            name = f"splits/index_{part}_01.csv"
+            index = _read_indices(read(name).decode(), name)
             frames = {k: (v if k == "nuclear_charges" else v[index]) for k, v in arrays.items()}
             target = split_file(root, molecule, part)
             tmp = target.with_name(target.stem + ".part.npz")

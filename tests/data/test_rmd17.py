@@ -73,7 +73,7 @@ def test_download_cuts_split_01_from_the_official_tarball_layout(rmd17_dir, tmp_
     np.savez(buffer, **full)
     files = {
         "rmd17/npz_data/rmd17_aspirin.npz": buffer.getvalue(),
-        "rmd17/splits/index_train_01.csv": "".join(f"{i}\n" for i in order[:60]).encode(),
+        "rmd17/splits/index_train_01.csv": ("index\n" + "".join(f"{i}\n" for i in order[:60])).encode(),
         "rmd17/splits/index_test_01.csv": "".join(f"{i}\n" for i in order[60:]).encode(),
     }
     tarball = tmp_path / "source" / "rmd17.tar.bz2"
