@@ -1,0 +1,125 @@
+"""``python -m geomol.generate ckpt=PATH num_molecules=N output=mols.sdf [condition.gap=7.0 ...]``.
+
+Samples molecules from a :class:`~geomol.tasks.generation.GenerationTask` checkpoint (which holds the
+conditioning properties, their statistics and the sampler settings), writes them to an SDF file
+(atomically; SD tags hold the conditioning values) and a PNG grid of 2D depictions, and prints their
+metrics. Other keys of ``conf/generate.yaml`` (``steps``, ``batch_size``, ``seed``, ``n_atoms``,
+``eta``, ``temperature``, ``device``, ``regressor``) override as ``key=value``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from rdkit import Chem
+from rdkit.Chem import Draw
+
+from geomol.cli.evaluate import compose_config, load_regressor, print_metrics, property_errors, resolve_device
+from geomol.cli.train import report_errors
+from geomol.data.chem import atomic_write, write_sdf
+from geomol.metrics.summary import molecule_metrics
+
+__all__ = ["main", "run", "load_generator", "draw_grid"]
+
+
+def load_generator(path: str | Path, device):
+    """A trained :class:`~geomol.tasks.generation.GenerationTask`, in eval mode."""
+    from geomol.tasks.generation import GenerationTask
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        task = GenerationTask.load_from_checkpoint(path, map_location=device)
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{path} is not a GenerationTask checkpoint ({err})") from None
+    return task.eval()
+
+
+def _depiction(mol: Chem.Mol) -> Chem.Mol:
+    """A 2D copy without hydrogens (sanitized when RDKit accepts it)."""
+    copy = Chem.Mol(mol)
+    try:
+        Chem.SanitizeMol(copy)
+        copy = Chem.RemoveHs(copy)
+    except (ValueError, RuntimeError):
+        copy = Chem.RemoveHs(copy, sanitize=False)
+        copy.UpdatePropertyCache(strict=False)
+        Chem.FastFindRings(copy)
+    copy.RemoveAllConformers()
+    Chem.rdDepictor.Compute2DCoords(copy)
+    return copy
+
+
+def draw_grid(mols: Sequence[Chem.Mol], path: str | Path, legends: Sequence[str], per_row: int = 6) -> None:
+    """PNG grid of 2D depictions, written atomically."""
+    image = Draw.MolsToGridImage(
+        [_depiction(m) for m in mols],
+        molsPerRow=per_row,
+        subImgSize=(250, 250),
+        legends=list(legends),
+        drawOptions=_draw_options(),
+    )
+    with atomic_write(path, "wb") as handle:
+        image.save(handle, format="PNG")
+
+
+def _draw_options():
+    options = Draw.MolDrawOptions()
+    options.prepareMolsBeforeDrawing = False  # invalid molecules cannot be kekulized for drawing
+    return options
+
+
+def _legend(k: int, mol: Chem.Mol, names: Sequence[str]) -> str:
+    tags = ", ".join(f"{name}={mol.GetDoubleProp(name):.3g}" for name in names if mol.HasProp(name))
+    return f"#{k}" + (f" ({tags})" if tags else "")
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    if not cfg.ckpt:
+        raise ValueError("give a checkpoint: ckpt=PATH (trained with train.py model=propmolflow)")
+    output = Path(cfg.output)
+    if output.suffix.lower() != ".sdf":
+        raise ValueError(f"output must be an .sdf file, got {output}")
+    if not output.parent.is_dir():
+        raise FileNotFoundError(f"output folder does not exist: {output.parent}")
+    device = resolve_device(cfg.device)
+    task = load_generator(cfg.ckpt, device)
+    condition = OmegaConf.to_container(cfg.condition)
+    start = time.perf_counter()
+    mols = task.sample(
+        int(cfg.num_molecules),
+        condition=condition,
+        n_atoms=cfg.n_atoms,
+        steps=cfg.steps,
+        eta=cfg.eta,
+        temperature=cfg.temperature,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+    )
+    seconds = time.perf_counter() - start
+    write_sdf(mols, output)
+    png = Path(cfg.png) if cfg.png else output.with_suffix(".png")
+    shown = mols[: int(cfg.grid)]
+    draw_grid(shown, png, [_legend(k, m, task.hparams.condition) for k, m in enumerate(shown)])
+    metrics = molecule_metrics(mols)
+    if cfg.regressor:
+        metrics.update(property_errors(load_regressor(cfg.regressor, device), mols, device=device))
+    metrics["molecules_per_second"] = len(mols) / seconds
+    what = ", ".join(f"{k}={v}" for k, v in condition.items()) or "unconditional"
+    print_metrics(metrics, f"Generated {len(mols)} molecules ({what}) -> {output}, {png}:")
+    return metrics
+
+
+@report_errors
+def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+    """Entry point; user errors print one line and exit with code 2."""
+    return run(compose_config("generate", sys.argv[1:] if argv is None else argv, open_dicts=("condition",)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,338 @@
+"""GenerationTask: trains PropMolFlow-style flow matching and samples molecules from a checkpoint.
+
+Everything sampling needs is stored in the checkpoint's hyper-parameters: the network config, the
+conditioning property names and their standardisation statistics (from the generator's training
+half), the flow settings and the atom-count statistics. ``GenerationTask.load_from_checkpoint(path)``
+followed by :meth:`GenerationTask.sample` needs no other input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from rdkit import Chem
+from torch import Tensor
+
+from geomol.data.chem import ATOMIC_NUMBERS, ELEMENTS, mol_from_graph
+from geomol.flows.bonds import bonds_from_pairs, pair_bond_types, upper_pairs
+from geomol.flows.molecule import MODALITIES, MolecularFlow, MoleculeState
+from geomol.flows.sampler import AtomCounts, euler_sample, split_molecules
+from geomol.metrics.stability import stability
+from geomol.metrics.validity import sanitized, validity
+from geomol.tasks.property import _plain, build_optimizers
+
+__all__ = ["GenerationTask", "CHARGES"]
+
+# Formal charges the flow can produce (class k is charge CHARGES[k]); QM9 has only -1, 0, +1.
+CHARGES = (-2, -1, 0, 1, 2, 3)
+DEFAULT_LOSS_WEIGHTS = {"x": 3.0, "a": 0.4, "c": 1.0, "e": 2.0}
+DEFAULT_SAMPLING = {"steps": 100, "eta": 10.0, "temperature": 0.05, "batch_size": 128}
+
+
+class GenerationTask(pl.LightningModule):
+    """Flow matching over positions, atom types, formal charges and bond orders, optionally conditioned.
+
+    Args:
+        net: config of the vector field (``_target_`` plus arguments), built with
+            ``num_properties=len(condition)``.
+        targets, units, mean, std: property names, units and their per-molecule statistics on the
+            training molecules (from the data module); only the conditioned ones are stored.
+        atom_counts: atom-count histograms (``geomol.data.generation.atom_count_statistics``).
+        target_columns: column of ``batch.y`` holding each target (default: ``y`` has exactly
+            ``targets``, in order).
+        condition: property names to condition on; empty: unconditional generation.
+        flow: keyword arguments of :class:`~geomol.flows.molecule.MolecularFlow` (schedules, prior
+            std, alignment).
+        loss_weights: weights of the ``x``, ``a``, ``c``, ``e`` losses (default 3, 0.4, 1, 2).
+        sampling: default ``steps``, ``eta``, ``temperature``, ``batch_size`` of :meth:`sample`.
+        val_molecules: molecules sampled for the validation metrics (0: never sample).
+        sample_every_n_epochs: sample and score molecules every this many validation epochs.
+        optimizer, scheduler, scheduler_interval, monitor: as in :class:`geomol.tasks.PropertyTask`.
+    """
+
+    def __init__(
+        self,
+        net: Mapping,
+        targets: Sequence[str],
+        units: Sequence[str],
+        mean: Sequence[float],
+        std: Sequence[float],
+        atom_counts: Mapping,
+        target_columns: Sequence[int] | None = None,
+        condition: Sequence[str] = (),
+        flow: Mapping | None = None,
+        loss_weights: Mapping[str, float] | None = None,
+        sampling: Mapping | None = None,
+        val_molecules: int = 32,
+        sample_every_n_epochs: int = 10,
+        optimizer: Mapping | None = None,
+        scheduler: Mapping | None = None,
+        scheduler_interval: str = "epoch",
+        monitor: str = "val/loss",
+    ) -> None:
+        super().__init__()
+        condition = list(_plain(condition) or [])
+        if not (len(targets) == len(units) == len(mean) == len(std)):
+            raise ValueError("targets, units, mean and std must have the same length")
+        unknown = [name for name in condition if name not in targets]
+        if unknown:
+            raise ValueError(f"cannot condition on {unknown}: the data provides {', '.join(targets)}")
+        if len(set(condition)) != len(condition):
+            raise ValueError(f"a property is listed twice in condition={condition}")
+        weights = {**DEFAULT_LOSS_WEIGHTS, **(_plain(loss_weights) or {})}
+        if set(weights) != set(MODALITIES):
+            raise ValueError(f"loss_weights takes the keys x, a, c, e; got {sorted(weights)}")
+        sampling = {**DEFAULT_SAMPLING, **(_plain(sampling) or {})}
+        atom_counts = _plain(atom_counts)
+        keep = [list(targets).index(name) for name in condition]
+        columns = list(range(len(targets))) if target_columns is None else list(target_columns)
+        if len(columns) != len(targets):
+            raise ValueError(f"target_columns has {len(columns)} entries for {len(targets)} targets")
+        given = atom_counts.get("given_property") or {}
+        # Only the conditioned properties go into the checkpoint.
+        self.save_hyperparameters(
+            {
+                "net": _plain(net),
+                "targets": [targets[k] for k in keep],
+                "units": [units[k] for k in keep],
+                "mean": [float(mean[k]) for k in keep],
+                "std": [float(std[k]) for k in keep],
+                "target_columns": [int(columns[k]) for k in keep],
+                "atom_counts": {
+                    "counts": list(atom_counts["counts"]),
+                    "given_property": {name: given[name] for name in condition if name in given},
+                },
+                "condition": condition,
+                "flow": _plain(flow) or {},
+                "loss_weights": weights,
+                "sampling": sampling,
+                "val_molecules": val_molecules,
+                "sample_every_n_epochs": sample_every_n_epochs,
+                "optimizer": _plain(optimizer),
+                "scheduler": _plain(scheduler),
+                "scheduler_interval": scheduler_interval,
+                "monitor": monitor,
+            }
+        )
+        self.net = instantiate(self.hparams.net, num_properties=len(condition))
+        for attr in ("num_atom_types", "num_charges", "num_bond_types"):
+            if not hasattr(self.net, attr):
+                raise ValueError(f"the generation network must expose {attr} (see geomol.models.propmolflow)")
+        if self.net.num_atom_types != len(ELEMENTS) or self.net.num_charges != len(CHARGES):
+            raise ValueError(
+                f"the network must predict {len(ELEMENTS)} elements ({', '.join(ELEMENTS)}) and {len(CHARGES)} "
+                f"charges ({CHARGES[0]}..+{CHARGES[-1]}), got {self.net.num_atom_types} and {self.net.num_charges}"
+            )
+        self.flow = MolecularFlow(
+            self.net.num_atom_types, self.net.num_charges, self.net.num_bond_types, **self.hparams.flow
+        )
+        self.atom_counts = AtomCounts(self.hparams.atom_counts["counts"], self.hparams.atom_counts["given_property"])
+        z_to_type = torch.full((max(ATOMIC_NUMBERS.values()) + 1,), -1, dtype=torch.long)
+        for k, symbol in enumerate(ELEMENTS):
+            z_to_type[ATOMIC_NUMBERS[symbol]] = k
+        self.register_buffer("z_to_type", z_to_type, persistent=False)
+        self.register_buffer("type_to_z", torch.tensor([ATOMIC_NUMBERS[s] for s in ELEMENTS]), persistent=False)
+        self.register_buffer("prop_mean", torch.tensor(self.hparams.mean, dtype=torch.float32), persistent=False)
+        self.register_buffer("prop_std", torch.tensor(self.hparams.std, dtype=torch.float32), persistent=False)
+
+    # ------------------------------------------------------------------ data -> flow state
+    def _clean_state(self, batch) -> tuple[MoleculeState, Tensor, Tensor]:
+        """The batch on the complete graph: (state, batch vector, pairs)."""
+        z = batch.z
+        known = (z < self.z_to_type.numel()) & (self.z_to_type[z.clamp_max(self.z_to_type.numel() - 1)] >= 0)
+        if not bool(known.all()):
+            raise ValueError(f"the generation model handles only the elements {', '.join(ELEMENTS)}")
+        charge = batch.charge - CHARGES[0]
+        if bool((charge < 0).any()) or bool((charge >= len(CHARGES)).any()):
+            raise ValueError(f"formal charges must lie in {CHARGES[0]}..+{CHARGES[-1]}")
+        pairs = upper_pairs(batch.batch)
+        bonds = pair_bond_types(pairs, batch.edge_index, batch.edge_attr, z.numel())
+        return MoleculeState(batch.pos, self.z_to_type[z], charge, bonds), batch.batch, pairs
+
+    def _standardized_condition(self, batch) -> Tensor | None:
+        """Conditioning properties of the batch ``[B, P]`` in standard units (the training statistics)."""
+        if not self.hparams.condition:
+            return None
+        return (batch.y[:, self.hparams.target_columns] - self.prop_mean) / self.prop_std
+
+    def _losses(self, batch) -> dict[str, Tensor]:
+        clean, batch_vec, pairs = self._clean_state(batch)
+        num_graphs = batch.num_graphs
+        t = torch.rand(num_graphs, device=batch.pos.device, dtype=batch.pos.dtype)
+        target, noisy = self.flow.corrupt(clean, batch_vec, batch_vec[pairs[0]], t)
+        out = self.net(
+            noisy.atom_type,
+            noisy.charge,
+            noisy.pos,
+            noisy.bond_type,
+            pairs,
+            t,
+            batch_vec,
+            self._standardized_condition(batch),
+        )
+        losses = self.flow.losses(out, target, noisy)
+        losses["loss"] = sum(self.hparams.loss_weights[m] * losses[m] for m in MODALITIES)
+        return losses
+
+    def _step(self, batch, stage: str) -> Tensor:
+        losses = self._losses(batch)
+        for key, value in losses.items():
+            name = f"{stage}/loss" if key == "loss" else f"{stage}/loss_{key}"
+            self.log(name, value.detach(), batch_size=batch.num_graphs, prog_bar=key == "loss")
+        return losses["loss"]
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        every = self.hparams.sample_every_n_epochs
+        if self.hparams.val_molecules <= 0 or self.trainer.sanity_checking or (self.current_epoch + 1) % every:
+            return
+        at_mean = dict(zip(self.hparams.condition, self.hparams.mean))
+        mols = self.sample(self.hparams.val_molecules, condition=at_mean)
+        result = stability(mols)
+        self.log_dict(
+            {
+                "val/atom_stability": result.atom_stability,
+                "val/molecule_stability": result.molecule_stability,
+                "val/validity": validity(mols),
+            }
+        )
+
+    def configure_optimizers(self):
+        return build_optimizers(
+            self, self.hparams.optimizer, self.hparams.scheduler, self.hparams.scheduler_interval, self.hparams.monitor
+        )
+
+    # ------------------------------------------------------------------ sampling
+    def _condition_values(self, condition: Mapping[str, float | Sequence[float]] | None, num: int) -> Tensor | None:
+        """Raw conditioning values ``[num, P]`` in the order of ``hparams.condition``."""
+        condition = dict(condition or {})
+        trained = self.hparams.condition
+        unknown = [name for name in condition if name not in trained]
+        if unknown:
+            have = f"trained on {', '.join(trained)}" if trained else "unconditional"
+            raise ValueError(f"this checkpoint is {have}: it cannot condition on {', '.join(unknown)}")
+        missing = [name for name in trained if name not in condition]
+        if missing:
+            raise ValueError(
+                f"this checkpoint is conditioned on {', '.join(trained)}: give condition.{missing[0]}=VALUE"
+            )
+        if not trained:
+            return None
+        columns = []
+        for name in trained:
+            value = torch.as_tensor(condition[name], dtype=torch.float64).flatten()
+            if value.numel() == 1:
+                value = value.expand(num)
+            if value.numel() != num:
+                raise ValueError(f"condition.{name} has {value.numel()} values for {num} molecules")
+            if not bool(torch.isfinite(value).all()):
+                raise ValueError(f"condition.{name} must be a finite number")
+            columns.append(value)
+        return torch.stack(columns, dim=1)
+
+    def _atom_counts(self, num: int, n_atoms, values: Tensor | None, generator) -> Tensor:
+        if n_atoms is not None:
+            counts = torch.as_tensor(n_atoms, dtype=torch.long).flatten()
+            counts = counts.expand(num) if counts.numel() == 1 else counts
+            if counts.numel() != num or bool((counts < 1).any()):
+                raise ValueError(f"n_atoms must be one positive number or one per molecule ({num})")
+            return counts.clone()
+        if values is None:
+            return self.atom_counts.sample(num, generator=generator)
+        names = self.hparams.condition
+        distinct, inverse = torch.unique(values, dim=0, return_inverse=True)
+        counts = torch.empty(num, dtype=torch.long)
+        for k, row in enumerate(distinct):
+            where = inverse == k
+            condition = dict(zip(names, row.tolist()))
+            counts[where] = self.atom_counts.sample(int(where.sum()), condition, generator)
+        return counts
+
+    @torch.no_grad()
+    def sample(
+        self,
+        num_molecules: int,
+        condition: Mapping[str, float | Sequence[float]] | None = None,
+        n_atoms: int | Sequence[int] | Tensor | None = None,
+        steps: int | None = None,
+        eta: float | None = None,
+        temperature: float | None = None,
+        batch_size: int | None = None,
+        seed: int | None = None,
+    ) -> list[Chem.Mol]:
+        """Generate molecules as RDKit molecules with 3D conformers (sanitized where RDKit accepts them).
+
+        Args:
+            num_molecules: how many molecules.
+            condition: raw property values ``{name: value or one value per molecule}``; required for
+                every property the checkpoint was trained on, refused for any other.
+            n_atoms: atoms per molecule (one number or one per molecule); default: drawn from the
+                training molecules, at the percentile of the requested property values.
+            steps, eta, temperature, batch_size: override ``hparams.sampling``.
+            seed: seed of the prior, atom counts and token draws.
+
+        Each molecule carries its conditioning values as RDKit properties (written as SD tags).
+        """
+        if num_molecules < 1:
+            raise ValueError(f"num_molecules must be at least 1, got {num_molecules}")
+        opts = {**self.hparams.sampling}
+        for key, value in dict(steps=steps, eta=eta, temperature=temperature, batch_size=batch_size).items():
+            if value is not None:
+                opts[key] = value
+        if opts["batch_size"] < 1:
+            raise ValueError(f"batch_size must be at least 1, got {opts['batch_size']}")
+        cpu_gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        dev_gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        values = self._condition_values(condition, num_molecules)
+        counts = self._atom_counts(num_molecules, n_atoms, values, cpu_gen)
+        was_training = self.training
+        self.eval()
+        mols: list[Chem.Mol] = []
+        for start in range(0, num_molecules, opts["batch_size"]):
+            chunk = slice(start, min(start + opts["batch_size"], num_molecules))
+            standard = None
+            if values is not None:
+                standard = (values[chunk].to(self.prop_mean) - self.prop_mean) / self.prop_std
+            state, batch_vec, pairs = euler_sample(
+                self.net,
+                self.flow,
+                counts[chunk],
+                standard,
+                steps=int(opts["steps"]),
+                eta=float(opts["eta"]),
+                temperature=float(opts["temperature"]),
+                generator=dev_gen,
+            )
+            for k, (mol_state, mol_pairs) in enumerate(split_molecules(state, batch_vec, pairs)):
+                mol = self._to_rdkit(mol_state, mol_pairs)
+                if values is not None:
+                    for name, value in zip(self.hparams.condition, values[start + k].tolist()):
+                        mol.SetDoubleProp(name, value)
+                mols.append(mol)
+        self.train(was_training)
+        return mols
+
+    def _to_rdkit(self, state: MoleculeState, pairs: Tensor) -> Chem.Mol:
+        edge_index, bond_type = bonds_from_pairs(pairs, state.bond_type)
+        z = self.type_to_z[state.atom_type]
+        # RDKit aborts on atoms with more positive charge than electrons (H2+, H3+ from an untrained
+        # model); they are written as H+, which is unstable and invalid all the same.
+        charge = torch.minimum(state.charge + CHARGES[0], z)
+        mol = mol_from_graph(
+            z.cpu(), state.pos.float().cpu(), charge.cpu(), edge_index.cpu(), bond_type.cpu(), sanitize=False
+        )
+        # Sanitize a copy: a failed SanitizeMol leaves half-kekulized bonds behind (single bonds flagged
+        # aromatic, written as aromatic to SDF), so invalid molecules are kept exactly as generated.
+        clean = sanitized(mol)
+        return mol if clean is None else clean

@@ -1,0 +1,111 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from rdkit import Chem
+
+from geomol.cli.evaluate import main as evaluate_main
+from geomol.cli.generate import main as generate_main
+from geomol.data.generation import QM9GenerationDataModule
+from geomol.tasks.generation import GenerationTask
+
+REPO = Path(__file__).parents[2]
+TINY_NET = {
+    "_target_": "geomol.models.propmolflow.PropMolFlow",
+    "scalars": 16,
+    "vectors": 4,
+    "edge_features": 8,
+    "n_updates": 1,
+    "n_message_gvps": 1,
+    "n_update_gvps": 1,
+    "rbf_dim": 8,
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A GenerationTask conditioned on the gap, trained for two steps on the QM9 fixture."""
+    folder = tmp_path_factory.mktemp("generate")
+    dm = QM9GenerationDataModule(root=folder / "qm9", source=REPO / "tests" / "fixtures" / "qm9", batch_size=16)
+    torch.manual_seed(0)
+    task = GenerationTask(net=TINY_NET, condition=["gap"], **dm.task_kwargs(), val_molecules=0)
+    trainer = pl.Trainer(
+        max_steps=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(task, datamodule=dm)
+    path = folder / "gen.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def _bonds(mol):
+    return sorted(
+        (min(b.GetBeginAtomIdx(), b.GetEndAtomIdx()), max(b.GetBeginAtomIdx(), b.GetEndAtomIdx()), str(b.GetBondType()))
+        for b in mol.GetBonds()
+    )
+
+
+def test_generate_writes_sdf_png_and_metrics(checkpoint, tmp_path, capsys):
+    out = tmp_path / "mols.sdf"
+    args = [f"ckpt={checkpoint}", "num_molecules=5", f"output={out}", "condition.gap=6.8", "steps=3", "seed=7"]
+    metrics = generate_main(args + ["batch_size=2", "n_atoms=6", "device=cpu"])
+    printed = capsys.readouterr().out
+    assert "atom_stability" in printed and "validity" in printed
+    assert metrics["molecules"] == 5.0 and 0.0 <= metrics["validity"] <= 1.0
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # RDKit reads back what the task generates with the same seed: atoms, charges, bonds, coordinates, tags.
+    task = GenerationTask.load_from_checkpoint(checkpoint)
+    expected = task.sample(5, condition={"gap": 6.8}, steps=3, seed=7, batch_size=2, n_atoms=6)
+    written = list(Chem.SDMolSupplier(str(out), sanitize=False, removeHs=False))
+    assert len(written) == 5
+    for got, want in zip(written, expected):
+        assert [a.GetAtomicNum() for a in got.GetAtoms()] == [a.GetAtomicNum() for a in want.GetAtoms()]
+        assert [a.GetFormalCharge() for a in got.GetAtoms()] == [a.GetFormalCharge() for a in want.GetAtoms()]
+        assert _bonds(got) == _bonds(want)
+        torch.testing.assert_close(
+            torch.tensor(got.GetConformer().GetPositions()),
+            torch.tensor(want.GetConformer().GetPositions()),
+            atol=1e-4,
+            rtol=0,
+        )
+        assert float(got.GetProp("gap")) == 6.8
+    # The evaluator reads any SDF and recomputes the same metrics.
+    again = evaluate_main([f"sdf={out}"])
+    for key in ("atom_stability", "molecule_stability", "validity", "uniqueness", "closed_shell"):
+        assert again[key] == pytest.approx(metrics[key]), key
+
+
+def test_conditioning_on_an_unknown_property_is_a_one_line_error(checkpoint, tmp_path, capsys):
+    args = [f"ckpt={checkpoint}", "num_molecules=2", f"output={tmp_path / 'x.sdf'}", "condition.mu=2.0", "steps=2"]
+    with pytest.raises(SystemExit) as exit_info:
+        generate_main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "geomol: error: this checkpoint is trained on gap: it cannot condition on mu"
+    assert not (tmp_path / "x.sdf").exists()
+
+
+def test_python_m_geomol_generate(checkpoint, tmp_path):
+    out = tmp_path / "cli.sdf"
+    cmd = [sys.executable, "-m", "geomol.generate", f"ckpt={checkpoint}", "num_molecules=3", f"output={out}"]
+    cmd += ["condition.gap=7.1", "steps=2", "seed=1", "batch_size=2"]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert len(Chem.SDMolSupplier(str(out), sanitize=False, removeHs=False)) == 3
+    assert "atom_stability" in result.stdout and out.with_suffix(".png").is_file()
+
+
+def test_missing_checkpoint_is_a_one_line_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        generate_main([f"ckpt={tmp_path / 'none.ckpt'}", f"output={tmp_path / 'x.sdf'}"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == f"geomol: error: checkpoint not found: {tmp_path / 'none.ckpt'}"
