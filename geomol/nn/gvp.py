@@ -91,7 +91,9 @@ class GVP(nn.Module):
         self.gate = nn.Linear(out_scalars, out_vectors)
         self.vector_activation = vector_activation() if vector_activation is not None else nn.Identity()
 
-    def forward(self, s: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, s: Tensor, v: Tensor, pre_activation: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``pre_activation [N, out_scalars]``, when given, is added to ``W_m [s ‖ |V_h|] + b_m`` before ``σ``:
+        the part of a linear map of further scalar inputs computed elsewhere (see :class:`GVPConv`)."""
         if s.size(-1) != self.in_scalars or v.shape[-2:] != (3, self.in_vectors):
             raise ValueError(
                 f"GVP expects scalars [N, {self.in_scalars}] and vectors [N, 3, {self.in_vectors}], "
@@ -101,7 +103,10 @@ class GVP(nn.Module):
         if self.w_cp is not None:
             left, right = F.linear(v, self.w_cp).split(self.n_cp_feats, dim=-1)  # [N, 3, n_cp] each
             v_h = torch.cat([v_h, torch.linalg.cross(left, right, dim=-2)], dim=-1)
-        s_out = self.scalar_activation(self.scalar_out(torch.cat([s, vector_norm(v_h)], dim=-1)))
+        s_out = self.scalar_out(torch.cat([s, vector_norm(v_h)], dim=-1))
+        if pre_activation is not None:
+            s_out = s_out + pre_activation
+        s_out = self.scalar_activation(s_out)
         v_out = self.vector_activation(self.gate(s_out)).unsqueeze(-2) * F.linear(v_h, self.w_u)  # [N, 3, out]
         return s_out, v_out
 
@@ -170,6 +175,10 @@ class GVPConv(nn.Module):
     than a degree, as in FlowMol, so that the scale does not depend on the graph), then
     ``h ← LN(h + m)`` and ``h ← LN(h + GVP_u(h))``.
 
+    The sender's share ``W_s s_j`` of the first message GVP's linear map is computed once per node and
+    gathered to the edges (the same function as the linear map of the concatenation, with about a
+    third fewer FLOPs on complete graphs).
+
     Args:
         scalars: node scalar channels.
         vectors: node vector channels.
@@ -201,9 +210,8 @@ class GVPConv(nn.Module):
             raise ValueError(f"message_norm must be positive, got {message_norm}")
         self.edge_features = edge_features
         self.message_norm = float(message_norm)
-        self.message = _gvp_stack(
-            scalars + rbf_dim + edge_features, vectors + 1, scalars, vectors, n_message_gvps, n_cp_feats
-        )
+        self.sender = nn.Linear(scalars, scalars, bias=False)
+        self.message = _gvp_stack(rbf_dim + edge_features, vectors + 1, scalars, vectors, n_message_gvps, n_cp_feats)
         self.update = _gvp_stack(scalars, vectors, scalars, vectors, n_update_gvps, n_cp_feats)
         self.message_norm_layer = GVPLayerNorm(scalars)
         self.update_norm_layer = GVPLayerNorm(scalars)
@@ -218,12 +226,14 @@ class GVPConv(nn.Module):
         edge_attr: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         src, dst = edge_index
-        scalar_in = [s[src], rbf]
+        scalar_in = rbf
         if self.edge_features > 0:
             if edge_attr is None:
                 raise ValueError(f"GVPConv was built with {self.edge_features} edge features but got edge_attr=None")
-            scalar_in.append(edge_attr)
-        m_s, m_v = _run(self.message, torch.cat(scalar_in, dim=-1), torch.cat([unit.unsqueeze(-1), v[src]], dim=-1))
+            scalar_in = torch.cat([rbf, edge_attr], dim=-1)
+        first, *rest = self.message
+        m_s, m_v = first(scalar_in, torch.cat([unit.unsqueeze(-1), v[src]], dim=-1), self.sender(s)[src])
+        m_s, m_v = _run(rest, m_s, m_v)
         n = s.size(0)
         s, v = self.message_norm_layer(
             s + scatter(m_s, dst, 0, dim_size=n, reduce="sum") / self.message_norm,
@@ -258,7 +268,8 @@ class GVPPositionUpdate(nn.Module):
 class GVPEdgeUpdate(nn.Module):
     """Edge features refreshed from both end nodes and the distance (FlowMol, Eq. 15).
 
-    ``e_ij ← LN(e_ij + MLP([s_j ‖ s_i ‖ e_ij ‖ rbf(d_ij)]))``.
+    ``e_ij ← LN(e_ij + MLP([s_j ‖ s_i ‖ e_ij ‖ rbf(d_ij)]))``; the node parts of the MLP's first
+    linear map are computed per node and gathered to the edges.
 
     Shapes:
         s ``[N, S]``, edge_index ``[2, E]``, edge_attr ``[E, F]``, rbf ``[E, R]`` -> ``[E, F]``
@@ -266,14 +277,13 @@ class GVPEdgeUpdate(nn.Module):
 
     def __init__(self, scalars: int, edge_features: int, rbf_dim: int) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Linear(2 * scalars + edge_features + rbf_dim, edge_features),
-            nn.SiLU(),
-            nn.Linear(edge_features, edge_features),
-            nn.SiLU(),
-        )
+        self.source = nn.Linear(scalars, edge_features, bias=False)
+        self.target = nn.Linear(scalars, edge_features, bias=False)
+        self.edge = nn.Linear(edge_features + rbf_dim, edge_features)
+        self.out = nn.Sequential(nn.SiLU(), nn.Linear(edge_features, edge_features), nn.SiLU())
         self.norm = nn.LayerNorm(edge_features)
 
     def forward(self, s: Tensor, edge_index: Tensor, edge_attr: Tensor, rbf: Tensor) -> Tensor:
         src, dst = edge_index
-        return self.norm(edge_attr + self.mlp(torch.cat([s[src], s[dst], edge_attr, rbf], dim=-1)))
+        hidden = self.source(s)[src] + self.target(s)[dst] + self.edge(torch.cat([edge_attr, rbf], dim=-1))
+        return self.norm(edge_attr + self.out(hidden))
