@@ -94,7 +94,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     mols = task.sample(
         int(cfg.num_molecules),
         condition=condition,
-        n_atoms=cfg.n_atoms,
+        n_atoms=OmegaConf.to_container(cfg.n_atoms) if OmegaConf.is_list(cfg.n_atoms) else cfg.n_atoms,
         steps=cfg.steps,
         eta=cfg.eta,
         temperature=cfg.temperature,

@@ -20,8 +20,8 @@ from geomol.data.chem import ATOMIC_NUMBERS, ELEMENTS, mol_from_graph
 from geomol.flows.bonds import bonds_from_pairs, pair_bond_types, upper_pairs
 from geomol.flows.molecule import MODALITIES, MolecularFlow, MoleculeState
 from geomol.flows.sampler import AtomCounts, euler_sample, split_molecules
-from geomol.metrics.stability import stability
-from geomol.metrics.validity import sanitized, validity
+from geomol.metrics.summary import molecule_metrics
+from geomol.metrics.validity import sanitized
 from geomol.tasks.property import _plain, build_optimizers
 
 __all__ = ["GenerationTask", "CHARGES"]
@@ -199,14 +199,9 @@ class GenerationTask(pl.LightningModule):
             return
         at_mean = dict(zip(self.hparams.condition, self.hparams.mean))
         mols = self.sample(self.hparams.val_molecules, condition=at_mean)
-        result = stability(mols)
-        self.log_dict(
-            {
-                "val/atom_stability": result.atom_stability,
-                "val/molecule_stability": result.molecule_stability,
-                "val/validity": validity(mols),
-            }
-        )
+        metrics = molecule_metrics(mols)
+        del metrics["molecules"]
+        self.log_dict({f"val/{key}": value for key, value in metrics.items()})
 
     def configure_optimizers(self):
         return build_optimizers(
