@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from geomol.metrics.properties import ood_target
+
 from .datamodule import QM9DataModule
 from .qm9 import TARGETS, UNITS
 
@@ -44,8 +46,9 @@ class QM9GenerationDataModule(QM9DataModule):
     Trains on the generator half of the training split by default, so that the property regressor
     used as the evaluator can train on the other half. ``task_kwargs()`` gives the task what it
     stores in the checkpoint for sampling: per-molecule mean and std of every QM9 property on the
-    training molecules (to standardise conditioning values) and the atom-count histograms, overall
-    and per percentile bin of each property.
+    training molecules (to standardise conditioning values), the atom-count histograms, overall
+    and per percentile bin of each property, and the out-of-distribution targets (the 99th
+    percentile of each property on the training molecules, PropMolFlow's protocol).
 
     Args:
         atom_count_bins: percentile bins of each property for the conditional atom counts.
@@ -74,4 +77,5 @@ class QM9GenerationDataModule(QM9DataModule):
             "mean": y.mean(0).tolist(),
             "std": std.clamp_min(1e-8).tolist(),
             "atom_counts": counts,
+            "ood_targets": [ood_target(y[:, k]) for k in range(y.size(1))],
         }

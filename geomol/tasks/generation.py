@@ -43,6 +43,8 @@ class GenerationTask(pl.LightningModule):
         atom_counts: atom-count histograms (``geomol.data.generation.atom_count_statistics``).
         target_columns: column of ``batch.y`` holding each target (default: ``y`` has exactly
             ``targets``, in order).
+        ood_targets: out-of-distribution value of each target (99th percentile of the training
+            molecules); ``condition={"gap": "ood"}`` samples at it.
         condition: property names to condition on; empty: unconditional generation.
         flow: keyword arguments of :class:`~geomol.flows.molecule.MolecularFlow` (schedules, prior
             std, alignment).
@@ -62,6 +64,7 @@ class GenerationTask(pl.LightningModule):
         std: Sequence[float],
         atom_counts: Mapping,
         target_columns: Sequence[int] | None = None,
+        ood_targets: Sequence[float] | None = None,
         condition: Sequence[str] = (),
         flow: Mapping | None = None,
         loss_weights: Mapping[str, float] | None = None,
@@ -101,6 +104,7 @@ class GenerationTask(pl.LightningModule):
                 "mean": [float(mean[k]) for k in keep],
                 "std": [float(std[k]) for k in keep],
                 "target_columns": [int(columns[k]) for k in keep],
+                "ood_targets": None if ood_targets is None else [float(ood_targets[k]) for k in keep],
                 "atom_counts": {
                     "counts": list(atom_counts["counts"]),
                     "given_property": {name: given[name] for name in condition if name in given},
@@ -225,8 +229,15 @@ class GenerationTask(pl.LightningModule):
         if not trained:
             return None
         columns = []
-        for name in trained:
-            value = torch.as_tensor(condition[name], dtype=torch.float64).flatten()
+        for k, name in enumerate(trained):
+            value = condition[name]
+            if value == "ood":
+                if self.hparams.ood_targets is None:
+                    raise ValueError("this checkpoint has no out-of-distribution targets; give a number")
+                value = self.hparams.ood_targets[k]
+            elif isinstance(value, str):
+                raise ValueError(f"condition.{name} must be a number, a list of numbers or 'ood', got {value!r}")
+            value = torch.as_tensor(value, dtype=torch.float64).flatten()
             if value.numel() == 1:
                 value = value.expand(num)
             if value.numel() != num:
@@ -270,8 +281,9 @@ class GenerationTask(pl.LightningModule):
 
         Args:
             num_molecules: how many molecules.
-            condition: raw property values ``{name: value or one value per molecule}``; required for
-                every property the checkpoint was trained on, refused for any other.
+            condition: raw property values ``{name: value or one value per molecule}``, or ``"ood"``
+                for the out-of-distribution target; required for every property the checkpoint was
+                trained on, refused for any other.
             n_atoms: atoms per molecule (one number or one per molecule); default: drawn from the
                 training molecules, at the percentile of the requested property values.
             steps, eta, temperature, batch_size: override ``hparams.sampling``.

@@ -113,6 +113,12 @@ def test_checkpoint_holds_everything_sampling_needs(datamodule, tmp_path):
     drawn = loaded.sample(4, condition={"gap": 6.5, "mu": 2.0}, seed=1)
     assert all(3 <= m.GetNumAtoms() <= 29 for m in drawn)
 
+    # Out of distribution: the 99th percentile of the gap over the generator half.
+    gap = datamodule.dataset.y[datamodule.splits["train"], TARGETS.index("gap")].double()
+    ood = loaded.sample(2, condition={"gap": "ood", "mu": 1.0}, n_atoms=5, seed=2)
+    assert ood[0].GetDoubleProp("gap") == pytest.approx(torch.quantile(gap, 0.99).item())
+    with pytest.raises(ValueError, match="'ood'"):
+        loaded.sample(2, condition={"gap": "high", "mu": 1.0})
     with pytest.raises(ValueError, match="cannot condition on alpha"):
         loaded.sample(2, condition={"gap": 6.5, "mu": 1.0, "alpha": 70.0})
     with pytest.raises(ValueError, match="give condition.mu"):
