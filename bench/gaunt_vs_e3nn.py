@@ -1,0 +1,180 @@
+"""Forward+backward time and peak memory: geomol's GauntTensorProduct vs e3nn vs a dense sphere grid.
+
+Three exact ways to take a channelwise product of two SH features ``[N, C, (L+1)²]`` (degrees 0…L each):
+
+* ``e3nn``: ``o3.TensorProduct`` with every path ``(l1, l2, l3)`` allowed by parity, mode ``"uuu"`` (one
+  weight per path and channel). It spans all Clebsch–Gordan paths, the Gaunt product the even ones with
+  separable weights; both are the standard way to couple such features.
+* ``dense``: the plain exact grid method. Dense matrices from a Gauss–Legendre × uniform grid (e3nn's SH on
+  the grid points): project both inputs to the grid, multiply, project back. Same per-degree weights.
+* ``gaunt``: ``geomol.nn.gaunt.GauntTensorProduct`` (separable transforms, half grid, chunked).
+
+Every method is warmed up first (e3nn's code generation happens at construction and in the warm-up, outside
+the timed region); timed rounds interleave the three methods and report the median. Peak memory is the
+largest amount of memory allocated during one forward+backward beyond what existed before it (profiler
+allocation events on CPU, ``max_memory_allocated`` on CUDA).
+
+Usage::
+
+    python bench/gaunt_vs_e3nn.py                       # N=1000, C=16, lmax 1..8, 2 threads, float32
+    python bench/gaunt_vs_e3nn.py --device cuda --n 20000 --channels 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+
+import numpy as np
+import torch
+from e3nn import o3
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
+
+from geomol.nn.gaunt import GauntTensorProduct, sh_irreps, sh_to_irreps
+
+
+class DenseGridProduct(nn.Module):
+    """The plain exact method: ``out = ((x A1) ⊙ (y A2)) B`` with dense grid matrices, per-degree weights."""
+
+    def __init__(self, lmax: int, channels: int) -> None:
+        super().__init__()
+        degree = 3 * lmax
+        n_theta, n_phi = degree // 2 + 1, degree + 1
+        nodes, weights = np.polynomial.legendre.leggauss(n_theta)
+        cos_t = torch.from_numpy(nodes)[:, None].expand(n_theta, n_phi)
+        sin_t = (1 - cos_t**2).sqrt()
+        phi = (torch.arange(n_phi, dtype=torch.float64) * 2 * math.pi / n_phi)[None, :].expand(n_theta, n_phi)
+        points = torch.stack([sin_t * torch.sin(phi), cos_t, sin_t * torch.cos(phi)], dim=-1).reshape(-1, 3)
+        sh = o3.spherical_harmonics(list(range(lmax + 1)), points, True, normalization="integral")  # [G, K]
+        quad = (torch.from_numpy(weights)[:, None] * (2 * math.pi / n_phi)).expand(n_theta, n_phi).reshape(-1, 1)
+        dtype = torch.get_default_dtype()
+        self.register_buffer("to_grid", sh.T.contiguous().to(dtype))
+        self.register_buffer("from_grid", (sh * quad).contiguous().to(dtype))
+        degrees = torch.repeat_interleave(torch.arange(lmax + 1), 2 * torch.arange(lmax + 1) + 1)
+        self.register_buffer("degree", degrees)
+        self.weight_in1 = nn.Parameter(torch.ones(channels, lmax + 1))
+        self.weight_in2 = nn.Parameter(torch.ones(channels, lmax + 1))
+        self.weight_out = nn.Parameter(torch.ones(channels, lmax + 1))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # [N, C, K] x2 -> [N, C, K]
+        f = (x * self.weight_in1[:, self.degree]) @ self.to_grid
+        g = (y * self.weight_in2[:, self.degree]) @ self.to_grid
+        return ((f * g) @ self.from_grid) * self.weight_out[:, self.degree]
+
+
+def e3nn_uuu(lmax: int, channels: int) -> o3.TensorProduct:
+    irreps = sh_irreps(channels, lmax)
+    paths = [
+        (i1, i2, i3, "uuu", True)
+        for i1, (_, ir1) in enumerate(irreps)
+        for i2, (_, ir2) in enumerate(irreps)
+        for i3, (_, ir3) in enumerate(irreps)
+        if ir3 in ir1 * ir2
+    ]
+    return o3.TensorProduct(irreps, irreps, irreps, paths)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step(module: nn.Module, inputs: tuple[torch.Tensor, ...], grad: torch.Tensor) -> None:
+    out = module(*inputs)
+    out.backward(grad)
+
+
+def peak_mb(module: nn.Module, inputs: tuple[torch.Tensor, ...], grad: torch.Tensor, device: torch.device) -> float:
+    """Largest extra memory allocated during one forward+backward, in MB."""
+    for t in inputs:
+        t.grad = None
+    module.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        step(module, inputs, grad)
+        sync(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step(module, inputs, grad)
+    events = sorted(
+        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
+    )
+    live = peak = 0
+    for e in events:
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=1000, help="number of rows N")
+    parser.add_argument("--channels", type=int, default=16, help="channels C")
+    parser.add_argument("--lmax", type=int, nargs="+", default=list(range(1, 9)), help="degrees L (in = out)")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed rounds per method")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed rounds per method")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--skip-e3nn-above", type=int, default=99, help="leave e3nn out for lmax above this")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.set_default_dtype(getattr(torch, args.dtype))
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    print(
+        f"N={args.n} C={args.channels} {args.dtype} device={device} threads={torch.get_num_threads()} "
+        f"repeats={args.repeats} (median ms of forward+backward)"
+    )
+    header = (
+        f"{'L':>2} {'paths':>5} | {'e3nn ms':>9} {'dense ms':>9} {'gaunt ms':>9} | {'e3nn/gaunt':>10} "
+        f"{'e3nn/dense':>10} {'dense/gaunt':>11} | {'peak MB e3nn':>12} {'dense':>7} {'gaunt':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for lmax in args.lmax:
+        k = (lmax + 1) ** 2
+        x = torch.randn(args.n, args.channels, k, device=device, requires_grad=True)
+        y = torch.randn(args.n, args.channels, k, device=device, requires_grad=True)
+        grad = torch.randn(args.n, args.channels, k, device=device)
+        methods: dict[str, tuple[nn.Module, tuple[torch.Tensor, ...], torch.Tensor]] = {}
+        n_paths = 0
+        if lmax <= args.skip_e3nn_above:
+            tp = e3nn_uuu(lmax, args.channels).to(device)
+            n_paths = len(tp.instructions)
+            xe = sh_to_irreps(x.detach()).requires_grad_()
+            ye = sh_to_irreps(y.detach()).requires_grad_()
+            methods["e3nn"] = (tp, (xe, ye), sh_to_irreps(grad))
+        methods["dense"] = (DenseGridProduct(lmax, args.channels).to(device), (x, y), grad)
+        methods["gaunt"] = (GauntTensorProduct(lmax, lmax, lmax, args.channels).to(device), (x, y), grad)
+
+        for module, inputs, g in methods.values():
+            for _ in range(args.warmup):
+                step(module, inputs, g)
+        times: dict[str, list[float]] = {name: [] for name in methods}
+        for _ in range(args.repeats):
+            for name, (module, inputs, g) in methods.items():
+                sync(device)
+                start = time.perf_counter()
+                step(module, inputs, g)
+                sync(device)
+                times[name].append(time.perf_counter() - start)
+        ms = {name: 1e3 * statistics.median(t) for name, t in times.items()}
+        peak = {name: peak_mb(*m, device) for name, m in methods.items()}
+        e3 = ms.get("e3nn", float("nan"))
+        print(
+            f"{lmax:>2} {n_paths:>5} | {e3:>9.2f} {ms['dense']:>9.2f} {ms['gaunt']:>9.2f} | "
+            f"{e3 / ms['gaunt']:>9.1f}x {e3 / ms['dense']:>9.1f}x {ms['dense'] / ms['gaunt']:>10.2f}x | "
+            f"{peak.get('e3nn', float('nan')):>12.1f} {peak['dense']:>7.1f} {peak['gaunt']:>7.1f}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
