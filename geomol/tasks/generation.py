@@ -185,7 +185,9 @@ class GenerationTask(pl.LightningModule):
         losses = self._losses(batch)
         for key, value in losses.items():
             name = f"{stage}/loss" if key == "loss" else f"{stage}/loss_{key}"
-            self.log(name, value.detach(), batch_size=batch.num_graphs, prog_bar=key == "loss")
+            self.log(
+                name, value.detach(), batch_size=batch.num_graphs, prog_bar=key == "loss", sync_dist=stage != "train"
+            )
         return losses["loss"]
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
@@ -205,7 +207,7 @@ class GenerationTask(pl.LightningModule):
         mols = self.sample(self.hparams.val_molecules, condition=at_mean)
         metrics = molecule_metrics(mols)
         del metrics["molecules"]
-        self.log_dict({f"val/{key}": value for key, value in metrics.items()})
+        self.log_dict({f"val/{key}": value for key, value in metrics.items()}, sync_dist=True)
 
     def configure_optimizers(self):
         return build_optimizers(
@@ -231,7 +233,7 @@ class GenerationTask(pl.LightningModule):
         columns = []
         for k, name in enumerate(trained):
             value = condition[name]
-            if value == "ood":
+            if isinstance(value, str) and value == "ood":
                 if self.hparams.ood_targets is None:
                     raise ValueError("this checkpoint has no out-of-distribution targets; give a number")
                 value = self.hparams.ood_targets[k]
