@@ -14,7 +14,7 @@ observation noise that keeps the stream aligned); EGNN's loader then pairs traje
 simulated here. Close encounters are chaotic and the force clip acts in about 45% of the systems
 before step 4,100, so round-off differences (another summation order, another machine) change
 individual trajectories: the data agree with EGNN's files in initial conditions and distribution
-(a least-squares ``x + αv`` baseline has MSE 0.088, EGNN reports 0.082 for its linear model), not
+(a least-squares ``x + αv`` baseline has test MSE 0.083, EGNN reports 0.082 for its linear model), not
 bit for bit. Generating the 7,000 systems takes about a minute on one core; the result is cached.
 """
 
