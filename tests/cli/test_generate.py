@@ -8,9 +8,12 @@ import torch
 from rdkit import Chem
 
 from geomol.cli.evaluate import main as evaluate_main
+from geomol.cli.evaluate import read_molecules
 from geomol.cli.generate import main as generate_main
+from geomol.data.datamodule import QM9DataModule
 from geomol.data.generation import QM9GenerationDataModule
 from geomol.tasks.generation import GenerationTask
+from geomol.tasks.property import PropertyTask
 
 REPO = Path(__file__).parents[2]
 TINY_NET = {
@@ -32,6 +35,10 @@ def checkpoint(tmp_path_factory):
     dm = QM9GenerationDataModule(root=folder / "qm9", source=REPO / "tests" / "fixtures" / "qm9", batch_size=16)
     torch.manual_seed(0)
     task = GenerationTask(net=TINY_NET, condition=["gap"], **dm.task_kwargs(), val_molecules=0)
+    return _fit_and_save(task, dm, folder / "gen.ckpt")
+
+
+def _fit_and_save(task, datamodule, path):
     trainer = pl.Trainer(
         max_steps=2,
         limit_val_batches=0,
@@ -41,10 +48,21 @@ def checkpoint(tmp_path_factory):
         enable_model_summary=False,
         accelerator="cpu",
     )
-    trainer.fit(task, datamodule=dm)
-    path = folder / "gen.ckpt"
+    trainer.fit(task, datamodule=datamodule)
     trainer.save_checkpoint(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def regressor(tmp_path_factory):
+    """A GVP regressor of the gap and mu (PropertyTask), two steps on the fixture's regressor half."""
+    folder = tmp_path_factory.mktemp("regressor")
+    dm = QM9DataModule(
+        root=folder / "qm9", source=REPO / "tests" / "fixtures" / "qm9", target=["gap", "mu"], train_half="regressor"
+    )
+    net = {"_target_": "geomol.models.regressor.GVPRegressor", "scalars": 16, "vectors": 4, "num_layers": 1}
+    torch.manual_seed(0)
+    return _fit_and_save(PropertyTask(net=net, **dm.task_kwargs()), dm, folder / "reg.ckpt")
 
 
 def _bonds(mol):
@@ -82,6 +100,28 @@ def test_generate_writes_sdf_png_and_metrics(checkpoint, tmp_path, capsys):
     again = evaluate_main([f"sdf={out}"])
     for key in ("atom_stability", "molecule_stability", "validity", "uniqueness", "closed_shell"):
         assert again[key] == pytest.approx(metrics[key]), key
+
+
+def test_property_mae_through_the_regressor(checkpoint, regressor, tmp_path):
+    out = tmp_path / "mols.sdf"
+    args = [f"ckpt={checkpoint}", "num_molecules=4", f"output={out}", "condition.gap=6.8", "steps=2"]
+    generated = generate_main(args + [f"regressor={regressor}"])
+    evaluated = evaluate_main([f"sdf={out}", f"regressor={regressor}", "target.mu=1.5"])
+    # By hand: the regressor's predictions on the molecules read back from the SDF.
+    reg = PropertyTask.load_from_checkpoint(regressor).eval()
+    mols = read_molecules(out)
+    with torch.no_grad():
+        pred = torch.cat([reg(*_graph(m)) for m in mols])
+    gap_mae = (pred[:, 0] - 6.8).abs().mean().item()
+    assert generated["mae_gap"] == pytest.approx(gap_mae, rel=1e-4) and "mae_mu" not in generated
+    assert evaluated["mae_gap"] == pytest.approx(gap_mae, rel=1e-4)
+    assert evaluated["mae_mu"] == pytest.approx((pred[:, 1] - 1.5).abs().mean().item(), rel=1e-4)
+
+
+def _graph(mol):
+    z = torch.tensor([a.GetAtomicNum() for a in mol.GetAtoms()])
+    pos = torch.tensor(mol.GetConformer().GetPositions(), dtype=torch.float32)
+    return z, pos, torch.zeros_like(z)
 
 
 def test_conditioning_on_an_unknown_property_is_a_one_line_error(checkpoint, tmp_path, capsys):
