@@ -68,8 +68,9 @@ class TripletSum:
         self.num_edges = num_edges
         self.num_weights = weight.size(1)
         L = self.num_weights
-        # Rows of S are the edges ji: sort the triplets by ji once, here.
-        order = torch.argsort(idx_ji, stable=True)
+        # Rows of S are the edges ji, columns (kj, l): sort the triplets by (ji, kj) once, here, so
+        # that both S and Sᵀ have sorted column indices within each row (as cuSPARSE expects).
+        order = torch.argsort(idx_ji * num_edges + idx_kj)
         self.idx_kj, self.idx_ji = idx_kj[order], idx_ji[order]
         self.weight = weight[order]  # [T, L], differentiable gather
         self.crow = _compressed_rows(self.idx_ji, num_edges, L)

@@ -1,0 +1,252 @@
+"""geomol's DimeNet++ (and DimeNet) against PyG's, side by side on the same QM9 molecules.
+
+PyG's models need torch-cluster (``radius_graph``) and torch-sparse (``triplets``); both are patched
+here with geomol's pure-torch versions, so the two models see identical graphs. geomol's model is
+built with ``from_pyg`` from the PyG model, so both start from the same weights and compute the
+same function (outputs are checked to agree before timing).
+
+Throughput: training steps (forward, backward, Adam step) on pre-collated batches, the two models
+interleaved round by round so that load on a shared machine hits both alike::
+
+    python bench/dimenet_vs_pyg.py                         # DimeNet++ (paper size), CPU, 1 thread
+    python bench/dimenet_vs_pyg.py --model dimenet --steps 2
+    python bench/dimenet_vs_pyg.py --forces                # loss on -dE/dpos too (second derivatives)
+    python bench/dimenet_vs_pyg.py --device cuda
+
+Accuracy: both models trained with the same budget (same molecules, batch order, epochs, optimizer)
+on QM9 HOMO, test MAE in meV::
+
+    python bench/dimenet_vs_pyg.py --accuracy --train 10000 --test 2000 --epochs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+
+import torch
+import torch_geometric.nn.models.dimenet as pyg_dimenet
+from torch import nn
+from torch_geometric.data import Batch
+
+from geomol.data.qm9 import QM9
+from geomol.models.dimenet import DimeNet, DimeNetPlusPlus
+from geomol.nn.graph import radius_graph, triplets
+from geomol.tasks.schedules import warmup_exponential_decay
+
+
+def pyg_triplets(edge_index, num_nodes):
+    """PyG's ``triplets`` (torch-sparse) replaced by geomol's, in PyG's return order."""
+    t = triplets(edge_index, num_nodes)
+    return edge_index[1], edge_index[0], t.idx_i, t.idx_j, t.idx_k, t.idx_kj, t.idx_ji
+
+
+pyg_dimenet.radius_graph = radius_graph
+pyg_dimenet.triplets = pyg_triplets
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["dimenet++", "dimenet"], default="dimenet++")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--data-root", default="data/qm9", help="QM9 cache folder (geomol.data.qm9.QM9)")
+    parser.add_argument("--qm9-source", default=None, help="folder of qm9pack CSVs (default: the qm9pack package)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--blocks", type=int, default=None, help="default: 4 (DimeNet++), 6 (DimeNet)")
+    parser.add_argument("--num-spherical", type=int, default=7)
+    parser.add_argument("--num-radial", type=int, default=6)
+    parser.add_argument("--cutoff", type=float, default=5.0)
+    parser.add_argument(
+        "--output-init",
+        choices=["zeros", "glorot_orthogonal"],
+        default=None,
+        help="default: glorot_orthogonal when timing (non-zero outputs to compare), zeros (authors' HOMO choice) "
+        "for --accuracy",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    # Throughput
+    parser.add_argument("--molecules", type=int, default=320, help="molecules cycled through when timing")
+    parser.add_argument("--steps", type=int, default=5, help="timed training steps per model and round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--forces", action="store_true", help="time steps whose loss includes forces -dE/dpos")
+    # Accuracy
+    parser.add_argument("--accuracy", action="store_true", help="equal-budget training on QM9 HOMO")
+    parser.add_argument("--target", default="homo")
+    parser.add_argument("--train", type=int, default=10000)
+    parser.add_argument("--val", type=int, default=0, help="unused molecules between train and test")
+    parser.add_argument("--test", type=int, default=2000)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup-steps", type=int, default=300)
+    return parser.parse_args()
+
+
+def build_models(args: argparse.Namespace, out_channels: int = 1) -> tuple[nn.Module, nn.Module]:
+    """PyG's model (default init, as PyG builds it) and geomol's copy of it."""
+    torch.manual_seed(args.seed)
+    common = dict(
+        hidden_channels=args.hidden,
+        out_channels=out_channels,
+        num_spherical=args.num_spherical,
+        num_radial=args.num_radial,
+        cutoff=args.cutoff,
+        output_initializer=args.output_init or ("zeros" if args.accuracy else "glorot_orthogonal"),
+    )
+    if args.model == "dimenet++":
+        pyg = pyg_dimenet.DimeNetPlusPlus(
+            num_blocks=args.blocks or 4, int_emb_size=64, basis_emb_size=8, out_emb_channels=256, **common
+        )
+        ours = DimeNetPlusPlus.from_pyg(pyg)
+    else:
+        pyg = pyg_dimenet.DimeNet(num_blocks=args.blocks or 6, num_bilinear=8, **common)
+        ours = DimeNet.from_pyg(pyg)
+    return pyg.to(args.device), ours.to(args.device)
+
+
+def load_qm9(args: argparse.Namespace) -> tuple[QM9, torch.Tensor]:
+    dataset = QM9(root=args.data_root, source=args.qm9_source)
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(args.seed))
+    return dataset, order
+
+
+def collate(dataset: QM9, indices: torch.Tensor, batch_size: int, device: str) -> list[Batch]:
+    chunks = indices.split(batch_size)
+    return [Batch.from_data_list([dataset[int(i)] for i in chunk]).to(device) for chunk in chunks]
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, forces: bool) -> float:
+    pos = batch.pos.requires_grad_(forces)
+    energy = model(batch.z, pos, batch.batch).squeeze(-1)
+    loss = energy.abs().mean()  # the value is irrelevant for timing; same graph as a real L1 loss
+    if forces:
+        (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=True)
+        loss = loss + 100.0 * grad.pow(2).mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def throughput(args: argparse.Namespace) -> None:
+    dataset, order = load_qm9(args)
+    batches = collate(dataset, order[: args.molecules], args.batch_size, args.device)
+    pyg, ours = build_models(args)
+    with torch.no_grad():
+        b = batches[0]
+        diff = (pyg(b.z, b.pos, b.batch) - ours(b.z, b.pos, b.batch)).abs().max().item()
+    atoms = sum(b.num_nodes for b in batches) / sum(b.num_graphs for b in batches)
+    edges = [radius_graph(b.pos, args.cutoff, b.batch).size(1) for b in batches]
+    trips = [triplets(radius_graph(b.pos, args.cutoff, b.batch), b.num_nodes).idx_kj.numel() for b in batches]
+    print(
+        f"{args.model}, {args.device}, {torch.get_num_threads()} thread(s), batch {args.batch_size}, "
+        f"{len(batches)} batches of QM9 ({atoms:.1f} atoms/molecule, {statistics.mean(edges):.0f} edges and "
+        f"{statistics.mean(trips):.0f} triplets per batch), {'energy + forces' if args.forces else 'energy'} loss"
+    )
+    print(f"max |PyG - geomol| on the first batch before training: {diff:.2e}")
+
+    models = {"PyG (pure-torch graph ops)": pyg, "geomol": ours}
+    optimizers = {name: torch.optim.Adam(m.parameters(), lr=1e-4) for name, m in models.items()}
+    rates: dict[str, list[float]] = {name: [] for name in models}
+    cursor = {name: 0 for name in models}
+    for name, model in models.items():  # warm-up: allocator, lazy init
+        training_step(model, optimizers[name], batches[0], args.forces)
+    for _ in range(args.rounds):
+        for name, model in models.items():
+            molecules = 0
+            synchronize(args.device)
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                batch = batches[cursor[name] % len(batches)]
+                cursor[name] += 1
+                training_step(model, optimizers[name], batch, args.forces)
+                molecules += batch.num_graphs
+            synchronize(args.device)
+            rates[name].append(molecules / (time.perf_counter() - start))
+
+    reference = statistics.median(rates["PyG (pure-torch graph ops)"])
+    print(f"\n| {'implementation':<28} | {'ms/step (median)':>16} | {'molecules/s median':>18} | {'best':>7} | ratio |")
+    print(f"|{'-' * 30}|{'-' * 18}|{'-' * 20}|{'-' * 9}|-------|")
+    for name, values in rates.items():
+        median = statistics.median(values)
+        print(
+            f"| {name:<28} | {1000 * args.batch_size / median:>16.0f} | {median:>18.1f} | {max(values):>7.1f} "
+            f"| {median / reference:>5.2f} |"
+        )
+
+
+def evaluate(model: nn.Module, batches: list[Batch], column: int, mean: float, std: float) -> float:
+    model.eval()
+    errors = []
+    with torch.no_grad():
+        for batch in batches:
+            pred = model(batch.z, batch.pos, batch.batch).squeeze(-1) * std + mean
+            errors.append((pred - batch.y[:, column]).abs())
+    model.train()
+    return 1000.0 * torch.cat(errors).mean().item()  # eV -> meV
+
+
+def accuracy(args: argparse.Namespace) -> None:
+    dataset, order = load_qm9(args)
+    column = QM9.target_index(args.target)
+    train_idx = order[: args.train]
+    test_idx = order[args.train + args.val : args.train + args.val + args.test]
+    y = torch.stack([dataset[int(i)].y[0, column] for i in train_idx])
+    mean, std = y.mean().item(), y.std().item()
+    test_batches = collate(dataset, test_idx, 128, args.device)
+    train_data = [dataset[int(i)] for i in train_idx]
+    pyg, ours = build_models(args)
+    steps_per_epoch = math.ceil(args.train / args.batch_size)
+    print(
+        f"{args.model} on QM9 {args.target}: {args.train} training / {args.test} test molecules, "
+        f"{args.epochs} epochs x {steps_per_epoch} steps, batch {args.batch_size}, Adam (AMSGrad) {args.lr} with "
+        f"{args.warmup_steps} warm-up steps, L1 on the standardized target, clip 10; same init and batch order"
+    )
+    results = {}
+    for name, model in {"PyG (pure-torch graph ops)": pyg, "geomol": ours}.items():
+        optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, amsgrad=True)
+        schedule = warmup_exponential_decay(optimizer, warmup_steps=args.warmup_steps)
+        shuffle = torch.Generator().manual_seed(args.seed + 1)
+        start = time.perf_counter()
+        for epoch in range(args.epochs):
+            perm = torch.randperm(len(train_data), generator=shuffle)
+            total = 0.0
+            for chunk in perm.split(args.batch_size):
+                batch = Batch.from_data_list([train_data[int(i)] for i in chunk]).to(args.device)
+                target = (batch.y[:, column] - mean) / std
+                loss = (model(batch.z, batch.pos, batch.batch).squeeze(-1) - target).abs().mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+                optimizer.step()
+                schedule.step()
+                total += loss.item() * chunk.numel()
+            print(f"  {name}: epoch {epoch + 1}, train L1 {total / len(train_data):.4f} (std units)", flush=True)
+        elapsed = time.perf_counter() - start
+        results[name] = (evaluate(model, test_batches, column, mean, std), elapsed)
+
+    print(f"\n| {'implementation':<28} | test MAE {args.target} (meV) | train time (s) |")
+    print(f"|{'-' * 30}|{'-' * 24}|{'-' * 16}|")
+    for name, (mae, elapsed) in results.items():
+        print(f"| {name:<28} | {mae:>22.1f} | {elapsed:>14.0f} |")
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    if args.accuracy:
+        accuracy(args)
+    else:
+        throughput(args)
+
+
+if __name__ == "__main__":
+    main()
