@@ -16,6 +16,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from rdkit import Chem
 
+from geomol.checkpoints import load_task
 from geomol.cli.train import CONFIG_DIR, report_errors
 from geomol.data.chem import graph_from_mol, mol_from_graph, read_sdf
 from geomol.metrics.properties import predict_properties, property_mae
@@ -75,17 +76,10 @@ def resolve_device(device: str) -> torch.device:
 
 
 def load_regressor(path: str | Path, device: torch.device):
-    """A trained :class:`geomol.tasks.PropertyTask` (the evaluator), in eval mode."""
+    """A trained :class:`geomol.tasks.PropertyTask` (the evaluator), in eval mode, loaded safely."""
     from geomol.tasks.property import PropertyTask
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"regressor checkpoint not found: {path}")
-    try:
-        task = PropertyTask.load_from_checkpoint(path, map_location=device)
-    except (KeyError, TypeError) as err:
-        raise ValueError(f"{path} is not a PropertyTask checkpoint ({err})") from None
-    return task.eval()
+    return load_task(path, expected=PropertyTask, map_location=device)
 
 
 def property_errors(

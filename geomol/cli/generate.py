@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from rdkit import Chem
 from rdkit.Chem import Draw
 
+from geomol.checkpoints import load_task
 from geomol.cli.evaluate import compose_config, load_regressor, print_metrics, property_errors, resolve_device
 from geomol.cli.train import report_errors
 from geomol.data.chem import atomic_write, write_sdf
@@ -27,17 +28,10 @@ __all__ = ["main", "run", "load_generator", "draw_grid"]
 
 
 def load_generator(path: str | Path, device):
-    """A trained :class:`~geomol.tasks.generation.GenerationTask`, in eval mode."""
+    """A trained :class:`~geomol.tasks.generation.GenerationTask`, in eval mode, loaded safely."""
     from geomol.tasks.generation import GenerationTask
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        task = GenerationTask.load_from_checkpoint(path, map_location=device)
-    except (KeyError, TypeError) as err:
-        raise ValueError(f"{path} is not a GenerationTask checkpoint ({err})") from None
-    return task.eval()
+    return load_task(path, expected=GenerationTask, map_location=device)
 
 
 def _depiction(mol: Chem.Mol) -> Chem.Mol:

@@ -2,8 +2,9 @@
 
 Everything sampling needs is stored in the checkpoint's hyper-parameters: the network config, the
 conditioning property names and their standardisation statistics (from the generator's training
-half), the flow settings and the atom-count statistics. ``GenerationTask.load_from_checkpoint(path)``
-followed by :meth:`GenerationTask.sample` needs no other input.
+half), the flow settings and the atom-count statistics. ``geomol.checkpoints.load_task(path)`` (or
+``GenerationTask.load_from_checkpoint(path)``) followed by :meth:`GenerationTask.sample` needs no
+other input.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from hydra.utils import instantiate
 from rdkit import Chem
 from torch import Tensor
 
+from geomol.checkpoints import GeomolTaskMixin
 from geomol.data.chem import ATOMIC_NUMBERS, ELEMENTS, mol_from_graph
 from geomol.flows.bonds import bonds_from_pairs, pair_bond_types, upper_pairs
 from geomol.flows.molecule import MODALITIES, MolecularFlow, MoleculeState
@@ -32,7 +34,7 @@ DEFAULT_LOSS_WEIGHTS = {"x": 3.0, "a": 0.4, "c": 1.0, "e": 2.0}
 DEFAULT_SAMPLING = {"steps": 100, "eta": 10.0, "temperature": 0.05, "batch_size": 128}
 
 
-class GenerationTask(pl.LightningModule):
+class GenerationTask(GeomolTaskMixin, pl.LightningModule):
     """Flow matching over positions, atom types, formal charges and bond orders, optionally conditioned.
 
     Args:

@@ -149,3 +149,10 @@ def test_missing_checkpoint_is_a_one_line_error(tmp_path, capsys):
         generate_main([f"ckpt={tmp_path / 'none.ckpt'}", f"output={tmp_path / 'x.sdf'}"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == f"geomol: error: checkpoint not found: {tmp_path / 'none.ckpt'}"
+
+
+def test_a_regressor_checkpoint_is_refused_as_generator(regressor, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        generate_main([f"ckpt={regressor}", f"output={tmp_path / 'x.sdf'}"])
+    assert exit_info.value.code == 2
+    assert "holds a PropertyTask, but a GenerationTask is needed here" in capsys.readouterr().err
