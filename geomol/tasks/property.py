@@ -124,11 +124,11 @@ class PropertyTask(GeomolTaskMixin, pl.LightningModule):
     # ------------------------------------------------------------------ prediction
     def _offset(self, batch_vec: Tensor, num_graphs: int, dtype: torch.dtype) -> Tensor:
         n_atoms = scatter(torch.ones_like(batch_vec, dtype=dtype), batch_vec, 0, dim_size=num_graphs, reduce="sum")
-        mean = self.mean.to(dtype)
+        mean = self.mean.double().to(dtype)
         return torch.where(self.extensive, mean * n_atoms.unsqueeze(-1), mean)  # [G, T]
 
     def forward(self, z: Tensor, pos: Tensor, batch: Tensor | None = None) -> Tensor:
-        """Targets in physical units.
+        """Targets in physical units (float64).
 
         Shapes:
             z ``[N]``, pos ``[N, 3]``, batch ``[N]`` -> ``[num_graphs, T]``
@@ -137,8 +137,10 @@ class PropertyTask(GeomolTaskMixin, pl.LightningModule):
         if batch is None:
             batch = torch.zeros_like(z)
         num_graphs = int(batch.max()) + 1
-        out = self.net(z, pos, batch)
-        return out * self.std.to(out.dtype) + self._offset(batch, num_graphs, out.dtype)
+        # The offset is added in float64: a float32 total energy of -17,600 eV (aspirin) is only
+        # resolved to 2 meV, the size of the errors being measured.
+        out = self.net(z, pos, batch).to(torch.float64)
+        return out * self.std.double() + self._offset(batch, num_graphs, torch.float64)
 
     def predict_energy_forces(self, z: Tensor, pos: Tensor, batch: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Energy ``[num_graphs]`` and forces ``[N, 3]`` (−∂E/∂pos), differentiable for training."""
