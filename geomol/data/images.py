@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from .datamodule import EpochShuffleSampler
+
 __all__ = [
     "MNIST_FILES",
     "read_idx",
@@ -220,7 +222,8 @@ class MNISTAffineDataModule(pl.LightningDataModule):
         num_workers: DataLoader workers.
         seed: seeds the train/val split, the shuffling and the affine test maps.
         canvas_size: side of the square canvas (affNIST: 40).
-        val_size: training digits held out for validation.
+        val_size: training digits held out for validation; a float in (0, 1) is a fraction of them
+            (the default 1/12 is 5 000 of MNIST's 60 000).
         train_size: use only this many of the remaining training digits (None: all).
         test_size: use only the first this many test digits (None: all 10 000).
         download: fetch missing files from the MNIST mirrors.
@@ -234,7 +237,7 @@ class MNISTAffineDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         canvas_size: int = 40,
-        val_size: int = 5000,
+        val_size: float = 1 / 12,
         train_size: int | None = None,
         test_size: int | None = None,
         download: bool = True,
@@ -243,8 +246,8 @@ class MNISTAffineDataModule(pl.LightningDataModule):
         scale_range: tuple[float, float] = (0.8, 1.2),
     ) -> None:
         super().__init__()
-        if val_size < 1:
-            raise ValueError(f"val_size must be positive, got {val_size}")
+        if val_size <= 0 or (isinstance(val_size, float) and val_size >= 1):
+            raise ValueError(f"val_size must be a count >= 1 or a fraction in (0, 1), got {val_size}")
         self.root, self.batch_size, self.num_workers, self.seed = Path(root), batch_size, num_workers, seed
         self.canvas_size, self.val_size, self.train_size, self.test_size = canvas_size, val_size, train_size, test_size
         self.download = download
@@ -259,10 +262,11 @@ class MNISTAffineDataModule(pl.LightningDataModule):
         if self.train_set is not None:
             return
         images, labels = load_mnist(self.root, "train", self.download)
-        if self.val_size >= len(labels):
+        num_val = max(1, round(self.val_size * len(labels))) if isinstance(self.val_size, float) else self.val_size
+        if num_val >= len(labels):
             raise ValueError(f"val_size={self.val_size} leaves no training digits out of {len(labels)}")
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.seed))
-        val_idx, train_idx = order[: self.val_size], order[self.val_size :]
+        val_idx, train_idx = order[:num_val], order[num_val:]
         if self.train_size is not None:
             train_idx = train_idx[: self.train_size]
         size = self.canvas_size
@@ -278,13 +282,12 @@ class MNISTAffineDataModule(pl.LightningDataModule):
         self.test_centred_set = ImageDataset(images, labels, size)
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            # The order depends on (seed, epoch) only, so a resumed run sees the same batches.
+            sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
             num_workers=self.num_workers,
-            generator=generator,
             persistent_workers=self.num_workers > 0,
         )
 

@@ -175,6 +175,7 @@ class LinearGroup2:
         *,
         spd_std: float = math.sqrt(0.1),
         angles: AngleSampling = "equidistant",
+        angle_range: float = 1.0,
         generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float64,
         device: torch.device | str | None = None,
@@ -185,20 +186,26 @@ class LinearGroup2:
             num_samples: number of group elements.
             spd_std: standard deviation of each chart coordinate of ``X = log P`` (log-normal SPD
                 factor); the paper's default variance 0.1 gives ``√0.1``.
-            angles: ``"equidistant"``: ``θ_k = 2πk/N`` (identity included, deterministic);
-                ``"uniform"``: i.i.d. uniform on the circle.
+            angles: ``"equidistant"``: the centred grid ``θ_k = r·π·(2k + 1 - N)/N`` (deterministic;
+                for ``r = 1`` a regular N-gon, closed under turns by ``2π/N``);
+                ``"uniform"``: i.i.d. uniform on ``[-rπ, rπ]``.
+            angle_range: ``r`` in ``(0, 1]``, the fraction of the circle the angles cover (the authors'
+                ``ortho_bounds``); below 1 the layers see only rotations up to ``±rπ``.
             generator: CPU ``torch.Generator`` for reproducible draws.
         """
         if num_samples < 1:
             raise ValueError(f"num_samples must be at least 1, got {num_samples}")
         if spd_std < 0:
             raise ValueError(f"spd_std must be non-negative, got {spd_std}")
+        if not 0 < angle_range <= 1:
+            raise ValueError(f"angle_range must be in (0, 1], got {angle_range}")
         v = spd_std * torch.randn(num_samples, self.dim - 1, generator=generator, dtype=torch.float64)
+        half_width = angle_range * math.pi
         if angles == "equidistant":
-            theta = 2.0 * math.pi * torch.arange(num_samples, dtype=torch.float64) / num_samples
-            theta = torch.where(theta > math.pi, theta - 2.0 * math.pi, theta)
+            k = torch.arange(num_samples, dtype=torch.float64)
+            theta = half_width * (2.0 * k + 1.0 - num_samples) / num_samples
         elif angles == "uniform":
-            theta = math.pi * (2.0 * torch.rand(num_samples, generator=generator, dtype=torch.float64) - 1.0)
+            theta = half_width * (2.0 * torch.rand(num_samples, generator=generator, dtype=torch.float64) - 1.0)
         else:
             raise ValueError(f"angles must be 'equidistant' or 'uniform', got {angles!r}")
         g = self.exp_chart(torch.cat((v, theta.unsqueeze(-1)), dim=-1))
@@ -345,8 +352,10 @@ class _SampledConv(nn.Module):
         """``h⁻¹·u`` for every sample and window offset ``[N, k², 2]``, and the kernel weight
         ``mask(h⁻¹·u) / |det h|`` ``[N, k², 1]``.
 
-        The smooth mask ``σ(slope·(radius - |h⁻¹u|))`` confines the kernel to the ``h``-image of a disk;
-        it keeps the kernel away from the square window's edges, whose cut would break equivariance.
+        The smooth mask ``σ(slope·(radius - |h⁻¹u|))`` confines the kernel to the ``h``-image of a disk.
+        The defaults are the authors' gentle taper (radius 1, slope 2); a sharper mask (e.g. 0.75, 10)
+        keeps the kernel off the square window's edges, whose cut breaks equivariance, at the price of
+        a smaller effective kernel (slower training in our runs).
         Group arithmetic runs in float64 (the tensors are tiny); results come in the layer's dtype.
         """
         inv = self.group.inverse(samples.double())
@@ -399,8 +408,8 @@ class LiftingConv(_SampledConv):
         hidden_features: int = 32,
         num_layers: int = 3,
         omega_0: float = 10.0,
-        mask_radius: float | None = 0.75,
-        mask_slope: float = 10.0,
+        mask_radius: float | None = 1.0,
+        mask_slope: float = 2.0,
     ) -> None:
         super().__init__(
             group,
@@ -468,8 +477,8 @@ class GroupConv(_SampledConv):
         hidden_features: int = 32,
         num_layers: int = 3,
         omega_0: float = 10.0,
-        mask_radius: float | None = 0.75,
-        mask_slope: float = 10.0,
+        mask_radius: float | None = 1.0,
+        mask_slope: float = 2.0,
     ) -> None:
         group = get_group(group)
         super().__init__(

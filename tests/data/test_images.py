@@ -120,6 +120,11 @@ def test_datamodule_on_fixture(mnist_root):
     assert torch.equal(dm.test_centred_set.labels, dm.test_set.labels)
     with pytest.raises(ValueError, match="val_size"):
         MNISTAffineDataModule(root=str(mnist_root), val_size=200, download=False).setup()
+    with pytest.raises(ValueError, match="fraction"):
+        MNISTAffineDataModule(root=str(mnist_root), val_size=1.5)
+    fraction = MNISTAffineDataModule(root=str(mnist_root), val_size=0.1, download=False)
+    fraction.setup()
+    assert (len(fraction.train_set), len(fraction.val_set)) == (180, 20)
 
 
 def test_missing_data_without_download(tmp_path):

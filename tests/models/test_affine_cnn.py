@@ -44,6 +44,8 @@ def test_group_samples_stream():
     assert GL2().contains(first) and not torch.allclose(torch.linalg.det(first), torch.ones(5, dtype=first.dtype))
     with pytest.raises(ValueError, match="angles"):
         AffineCNN(angles="random", **SMALL)
+    with pytest.raises(ValueError, match="head_norm"):
+        AffineCNN(head_norm="group", **SMALL)
 
 
 @pytest.mark.parametrize("group", ["gl2", "sl2"])
