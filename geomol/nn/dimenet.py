@@ -6,7 +6,7 @@ names and shapes follow ``torch_geometric.nn.models.dimenet``, so PyG state dict
 
 Unlike PyG, the triplet step never builds ``[T, ·]`` features. The basis factorises into a radial
 part per edge ``kj`` and an angular part per triplet, and every layer that touches it is linear in
-it, so each block projects the radial part per edge (``[E, L, C]``) and hands the angular sum to a
+it, so each block projects the radial part per edge (``[L, E, C]``) and hands the angular sum to a
 :class:`~geomol.nn.triplet_sum.TripletSum` (one sparse matrix product). The result is the same
 function with far fewer operations (for DimeNet's bilinear layer, about 16× fewer).
 
@@ -319,9 +319,9 @@ class InteractionBlock(_Interaction):
         x_kj = self.act(self.lin_kj(x)) * narrow_linear(rbf, self.lin_rbf.weight)
         # W[i, b, l] x_kj[e, l] per edge: [E, B, H].
         x_kj = (x_kj @ self.W.permute(1, 0, 2).reshape(bilinear * hidden, hidden).t()).view(E, bilinear, hidden)
-        # W_sbf applied to the radial factor of the basis: [E, L, B].
-        sbf = torch.einsum("eln,bln->elb", sbf_radial, self.lin_sbf.weight.view(bilinear, L, N))
-        messages = triplet_sum(torch.bmm(sbf, x_kj))  # Σ_t Σ_l Y_l(α) [E, L, H][kj] -> [E, H]
+        # W_sbf applied to the radial factor of the basis, per degree: [L, E, B].
+        sbf = torch.bmm(sbf_radial.transpose(0, 1), self.lin_sbf.weight.view(bilinear, L, N).permute(1, 2, 0))
+        messages = triplet_sum(torch.bmm(sbf.transpose(0, 1), x_kj).transpose(0, 1))  # Σ_t Σ_l Y_l(α) [L, E, H]
         return self._update(x, x_ji, messages)
 
 
@@ -372,14 +372,14 @@ class InteractionPPBlock(_Interaction):
         self._reset_shared()
 
     def forward(self, x: Tensor, rbf: Tensor, sbf_radial: Tensor, triplet_sum: TripletSum) -> Tensor:
-        E, L, N = sbf_radial.shape
+        _, L, N = sbf_radial.shape
         x_ji = self.act(self.lin_ji(x))
         # Both basis embeddings are linear maps in sequence: multiply the small matrices first.
         x_kj = self.act(self.lin_kj(x)) * narrow_linear(rbf, self.lin_rbf2.weight @ self.lin_rbf1.weight)
         x_kj = self.act(self.lin_down(x_kj))  # [E, I]
         sbf_weight = (self.lin_sbf2.weight @ self.lin_sbf1.weight).view(-1, L, N)  # [I, L, N]
-        sbf = torch.einsum("eln,cln->elc", sbf_radial, sbf_weight)  # radial factor, per edge [E, L, I]
-        messages = triplet_sum(x_kj.unsqueeze(1) * sbf)  # [E, I]
+        sbf = torch.bmm(sbf_radial.transpose(0, 1), sbf_weight.permute(1, 2, 0))  # radial factor [L, E, I]
+        messages = triplet_sum(x_kj * sbf)  # [E, I]
         return self._update(x, x_ji, self.act(self.lin_up(messages)))
 
 

@@ -40,10 +40,11 @@ def _csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Te
 
 
 class TripletSum:
-    r"""The linear map ``z ↦ out`` with ``out[ji] = Σ_{t: idx_ji[t] = ji} Σ_l weight[t, l] · z[idx_kj[t], l]``.
+    r"""The linear map ``z ↦ out`` with ``out[ji] = Σ_{t: idx_ji[t] = ji} Σ_l weight[t, l] · z[l, idx_kj[t]]``.
 
-    Build it once per forward pass (the sparse structure depends only on the triplets) and apply it
-    in every interaction block. Gradients flow to both ``weight`` and ``z``, to any order.
+    ``z`` holds one edge feature map per weight column ``l`` (e.g. per degree of DimeNet's basis).
+    Build the operator once per forward pass (the sparse structure depends only on the triplets) and
+    apply it in every interaction block. Gradients flow to both ``weight`` and ``z``, to any order.
 
     Args:
         weight: per-triplet weights, e.g. DimeNet's angular basis ``Y_l^0(α_kji)``.
@@ -52,7 +53,7 @@ class TripletSum:
         num_edges: number of edges ``E``.
 
     Shapes:
-        weight ``[T, L]``, idx_kj ``[T]``, idx_ji ``[T]``; ``__call__``: z ``[E, L, C]`` -> ``[E, C]``.
+        weight ``[T, L]``, idx_kj ``[T]``, idx_ji ``[T]``; ``__call__``: z ``[L, E, C]`` -> ``[E, C]``.
     """
 
     # Sparse CSR kernels are opaque to torch.compile: both entry points run eagerly under it.
@@ -65,57 +66,72 @@ class TripletSum:
                 f"idx_kj {tuple(idx_kj.shape)} and idx_ji {tuple(idx_ji.shape)} must both have shape "
                 f"[{weight.size(0)}], one entry per row of weight"
             )
-        self.num_edges = num_edges
-        self.num_weights = weight.size(1)
-        L = self.num_weights
-        # Rows of S are the edges ji, columns (kj, l): sort the triplets by (ji, kj) once, here, so
-        # that both S and Sᵀ have sorted column indices within each row (as cuSPARSE expects).
-        order = torch.argsort(idx_ji * num_edges + idx_kj)
-        self.idx_kj, self.idx_ji = idx_kj[order], idx_ji[order]
+        E, (T, L) = num_edges, weight.shape
+        self.num_edges, self.num_weights = E, L
+        device = idx_kj.device
+        # S is [E, L·E]: row ji, column l·E + kj. Sorting the triplets by (ji, kj) and laying out each
+        # row degree by degree keeps the column indices of S and Sᵀ sorted within rows (cuSPARSE's rule).
+        order = torch.argsort(idx_ji * E + idx_kj)
+        kj, ji = idx_kj[order], idx_ji[order]
         self.weight = weight[order]  # [T, L], differentiable gather
-        self.crow = _compressed_rows(self.idx_ji, num_edges, L)
-        self.col = (self.idx_kj.unsqueeze(1) * L + torch.arange(L, device=idx_kj.device)).reshape(-1)
-        # Sᵀ is used one l at a time, as L copies of an [E, E] pattern with rows kj.
-        self.transposed_order = torch.argsort(self.idx_kj, stable=True)
-        self.transposed_crow = _compressed_rows(self.idx_kj[self.transposed_order], num_edges)
-        self.transposed_col = self.idx_ji[self.transposed_order]
-        self._transposed_weight: Tensor | None = None
+        counts = torch.bincount(ji, minlength=E)
+        self.crow = _compressed_rows(ji, E, L)
+        first = (torch.cumsum(counts, 0) - counts)[ji]  # first triplet of each triplet's row
+        degrees = torch.arange(L, device=device)
+        # Slot in S's values of (triplet t, degree l); slot_source is its inverse.
+        self.slot = ((L - 1) * first + torch.arange(T, device=device)).unsqueeze(1) + degrees * counts[ji].unsqueeze(1)
+        self.slot = self.slot.reshape(-1)
+        self.slot_source = torch.empty_like(self.slot)
+        self.slot_source[self.slot] = torch.arange(T * L, device=device)
+        self.col = (degrees * E + kj.unsqueeze(1)).reshape(-1)[self.slot_source]
+        # Sᵀ is applied one degree at a time, as an [E, E] pattern with rows kj and columns ji.
+        self.transposed_order = torch.argsort(kj, stable=True)
+        self.transposed_crow = _compressed_rows(kj[self.transposed_order], E)
+        self.transposed_col = ji[self.transposed_order]
+        self.transposed_source = (self.transposed_order.unsqueeze(0) * L + degrees.unsqueeze(1)).reshape(-1)
+        self._cache: dict[str, Tensor] = {}
 
     @torch.compiler.disable
     def __call__(self, z: Tensor) -> Tensor:
-        if z.dim() != 3 or z.size(0) != self.num_edges or z.size(1) != self.num_weights:
+        if z.dim() != 3 or z.size(0) != self.num_weights or z.size(1) != self.num_edges:
             raise ValueError(
-                f"z must have shape [num_edges={self.num_edges}, L={self.num_weights}, C], got {tuple(z.shape)}"
+                f"z must have shape [L={self.num_weights}, num_edges={self.num_edges}, C], got {tuple(z.shape)}"
             )
         return _Sum.apply(self, self.weight, z)
 
-    # Kernels on the triplet order sorted by ji; none of them records autograd history.
+    # Kernels on the triplet order sorted by (ji, kj); none of them records autograd history.
+
+    def _layout(self, name: str, weight: Tensor, index: Tensor) -> Tensor:
+        """``weight`` rearranged for one of the CSR patterns, cached for the operator's own weights,
+        which every interaction block (and its backward) uses."""
+        if weight is not self.weight:
+            return weight.reshape(-1)[index]
+        if name not in self._cache:
+            self._cache[name] = weight.reshape(-1)[index]
+        return self._cache[name]
 
     def _sum(self, weight: Tensor, z: Tensor) -> Tensor:
-        """``out[ji] = Σ_t Σ_l weight[t, l] z[kj, l]``: ``[T, L], [E, L, C] -> [E, C]``."""
-        E, L, C = z.shape
-        matrix = _csr(self.crow, self.col, weight.reshape(-1), (E, E * L))
-        return torch.sparse.mm(matrix, z.reshape(E * L, C))
+        """``out[ji] = Σ_t Σ_l weight[t, l] z[l, kj]``: ``[T, L], [L, E, C] -> [E, C]``."""
+        L, E, C = z.shape
+        matrix = _csr(self.crow, self.col, self._layout("sum", weight, self.slot_source), (E, L * E))
+        return torch.sparse.mm(matrix, z.reshape(L * E, C))
 
     def _transposed_sum(self, weight: Tensor, g: Tensor) -> Tensor:
-        """``out[kj, l] = Σ_t weight[t, l] g[ji]``: ``[T, L], [E, C] -> [E, L, C]``."""
-        E = self.num_edges
-        if weight is self.weight:  # every block's backward needs the same permuted copy
-            if self._transposed_weight is None:
-                self._transposed_weight = weight[self.transposed_order].t().contiguous()
-            weight = self._transposed_weight
-        else:
-            weight = weight[self.transposed_order].t().contiguous()  # [L, T]
+        """``out[l, kj] = Σ_t weight[t, l] g[ji]``: ``[T, L], [E, C] -> [L, E, C]``."""
+        E, L = self.num_edges, self.num_weights
+        values = self._layout("transposed", weight, self.transposed_source).view(L, -1)
         g = g.contiguous()
-        columns = [torch.sparse.mm(_csr(self.transposed_crow, self.transposed_col, w, (E, E)), g) for w in weight]
-        return torch.stack(columns, dim=1)
+        out = g.new_empty(L, E, g.size(1))
+        for l in range(L):
+            torch.mm(_csr(self.transposed_crow, self.transposed_col, values[l], (E, E)), g, out=out[l])
+        return out
 
     def _sampled(self, g: Tensor, z: Tensor) -> Tensor:
-        """``out[t, l] = g[ji] · z[kj, l]``: ``[E, C], [E, L, C] -> [T, L]``."""
-        E, L, C = z.shape
-        pattern = _csr(self.crow, self.col, z.new_zeros(self.col.numel()), (E, E * L))
-        product = torch.sparse.sampled_addmm(pattern, g.contiguous(), z.reshape(E * L, C).t(), beta=0.0)
-        return product.values().view(-1, L)
+        """``out[t, l] = g[ji] · z[l, kj]``: ``[E, C], [L, E, C] -> [T, L]``."""
+        L, E, C = z.shape
+        pattern = _csr(self.crow, self.col, z.new_zeros(self.col.numel()), (E, L * E))
+        product = torch.sparse.sampled_addmm(pattern, g.contiguous(), z.reshape(L * E, C).t(), beta=0.0)
+        return product.values()[self.slot].view(-1, L)
 
 
 class _Sum(torch.autograd.Function):

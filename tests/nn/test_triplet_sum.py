@@ -17,16 +17,16 @@ def shuffled_triplets(generator, num_weights=3, sizes=(6, 8), scale=1.5):
 
 
 def brute_force(weight, idx_kj, idx_ji, z):
-    out = torch.zeros(z.size(0), z.size(2), dtype=z.dtype)
+    out = torch.zeros(z.size(1), z.size(2), dtype=z.dtype)
     for t in range(weight.size(0)):
-        out[idx_ji[t]] += (weight[t, :, None] * z[idx_kj[t]]).sum(0)
+        out[idx_ji[t]] += (weight[t, :, None] * z[:, idx_kj[t]]).sum(0)
     return out
 
 
 def test_matches_brute_force(generator):
     weight, idx_kj, idx_ji, num_edges = shuffled_triplets(generator)
     assert weight.size(0) > 50
-    z = torch.randn(num_edges, 3, 5, generator=generator, dtype=torch.float64)
+    z = torch.randn(3, num_edges, 5, generator=generator, dtype=torch.float64)
     out = TripletSum(weight, idx_kj, idx_ji, num_edges)(z)
     torch.testing.assert_close(out, brute_force(weight, idx_kj, idx_ji, z))
 
@@ -35,7 +35,7 @@ def test_first_and_second_derivatives(generator):
     weight, idx_kj, idx_ji, num_edges = shuffled_triplets(generator, num_weights=2, sizes=(3, 4), scale=0.8)
     assert weight.size(0) > 10
     weight.requires_grad_()
-    z = torch.randn(num_edges, 2, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(2, num_edges, 3, generator=generator, dtype=torch.float64, requires_grad=True)
 
     def fn(weight, z):
         return TripletSum(weight, idx_kj, idx_ji, num_edges)(z)
@@ -46,7 +46,7 @@ def test_first_and_second_derivatives(generator):
 
 
 def test_no_triplets():
-    z = torch.randn(4, 2, 3, requires_grad=True)
+    z = torch.randn(2, 4, 3, requires_grad=True)
     empty = torch.zeros(0, dtype=torch.long)
     out = TripletSum(torch.zeros(0, 2), empty, empty, 4)(z)
     assert out.shape == (4, 3) and out.abs().max() == 0
@@ -62,4 +62,4 @@ def test_bad_shapes():
         TripletSum(torch.zeros(3, 2), idx, idx, 2)
     op = TripletSum(torch.zeros(2, 2), idx, idx, 2)
     with pytest.raises(ValueError, match="z must have shape"):
-        op(torch.zeros(2, 3, 4))
+        op(torch.zeros(3, 2, 4))
