@@ -52,12 +52,13 @@ __all__ = [
     "irreps_to_sh",
 ]
 
-# Rows per chunk are chosen so one grid tensor takes about this many bytes: the grids of a chunk stay in
-# cache between the Legendre, Fourier and product steps instead of streaming through main memory.
+# On CPUs, rows per chunk are chosen so one grid tensor takes about this many bytes: a chunk's grids then
+# mostly stay in cache between the Legendre, Fourier and product steps (measured best between 1 and 2 MB
+# on a 2-core AVX-512 CPU). On GPUs chunks only bound the temporary memory.
 _CHUNK_BYTES = 1 << 21
 # Cost of writing and reading back one float relative to one multiply-add, for choosing between the dense
-# and the separable transform (measured on a 2-core AVX-512 CPU: dense wins up to L = 3 for L1 = L2 = L3).
-_MEMORY_COST = 8.0
+# and the separable transform (measured on a 2-core AVX-512 CPU: dense wins up to L = 4 for L1 = L2 = L3).
+_MEMORY_COST = 12.0
 
 
 def _legendre(lmax: int, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -108,13 +109,13 @@ def use_separable(lmaxes: tuple[int, ...], degree: int) -> bool:
     """
     n_theta, n_phi = _grid_size(degree)
     grid = n_theta * n_phi
-    dense = sparse = 0.0
+    dense = separable = 0.0
     for l in lmaxes:
         orders, k = 2 * l + 1, (l + 1) ** 2
         dense += k * grid + _MEMORY_COST * grid
-        sparse += orders * (l + 1) * n_theta + n_phi * orders * n_theta
-        sparse += _MEMORY_COST * (orders * (l + 1) + orders * n_theta + grid)
-    return sparse < dense
+        separable += orders * (l + 1) * n_theta + n_phi * orders * n_theta
+        separable += _MEMORY_COST * (orders * (l + 1) + orders * n_theta + grid)
+    return separable < dense
 
 
 class SphericalGridTransform(nn.Module):
@@ -126,7 +127,7 @@ class SphericalGridTransform(nn.Module):
     ``from_grid`` is the adjoint of ``to_grid``, and three transforms make an exact product.
 
     ``separable=True`` stores per-order Legendre matrices and one Fourier matrix (grid layout
-    ``[n_phi, n_theta · R]``); ``separable=False`` one dense matrix (grid layout ``[R, n_theta · n_phi]``).
+    ``[n_phi, n_theta, R]``); ``separable=False`` one dense matrix (grid layout ``[R, n_theta · n_phi]``).
     Grids of transforms that are multiplied together must share ``degree`` and ``separable``.
     ``kind="theta"`` / ``"phi"`` give the tangent components ``∂_θ f`` and ``∂_φ f / sin θ`` instead of
     ``f`` (dense only, used by :class:`GauntCrossProduct`).
@@ -153,6 +154,9 @@ class SphericalGridTransform(nn.Module):
         self.lmax, self.degree, self.separable, self.kind = lmax, degree, separable, kind
         self.n_theta, self.n_phi = _grid_size(degree)
         self.dim = (lmax + 1) ** 2
+        # Row-major GEMMs with a narrow output are several times slower than with 16 columns (MKL), so the
+        # dense projection writes rows padded to a multiple of 16 and callers keep the first ``dim``.
+        self.width = self.dim if separable else -(-self.dim // 16) * 16
         self._build(torch.get_default_dtype(), None)
 
     def _tables(self) -> dict[str, Tensor]:
@@ -205,9 +209,9 @@ class SphericalGridTransform(nn.Module):
         else:
             # Y[(θ_i, φ_j), l² + l + m] = legendre_m(θ_i)_l · fourier(φ_j)_m, flattened θ-major.
             values = torch.einsum("mtp,fm->tfmp", t["legendre"], t["fourier"]).reshape(-1, t["gather"].numel())
-            dense = torch.zeros(values.shape[0], self.dim, dtype=torch.float64)
+            dense = torch.zeros(values.shape[0], self.width, dtype=torch.float64)
             dense.index_add_(1, t["gather"], values)
-            buffers = dict(dense=dense, dense_t=dense.T, quadrature=t["quadrature"].T.reshape(-1))
+            buffers = dict(dense=dense, dense_t=dense[:, : self.dim].T, quadrature=t["quadrature"].T.reshape(-1))
         for name, value in buffers.items():
             value = value.to(device=device, dtype=dtype if value.is_floating_point() else None).contiguous()
             self.register_buffer(name, value, persistent=False)
@@ -218,53 +222,51 @@ class SphericalGridTransform(nn.Module):
         self._build(self.quadrature.dtype, self.quadrature.device)
         return self
 
-    def to_grid(self, x: Tensor) -> Tensor:
+    def to_grid(self, x: Tensor, scale: Tensor | None = None) -> Tensor:
         """Grid values of ``x`` (times the cube root of the weight); no autograd.
 
+        ``scale`` ``[C, (lmax+1)²]`` multiplies row ``r`` by ``scale[r % C]`` first (per-channel weights).
+
         Shapes:
-            x ``[R, (lmax+1)²]`` -> ``[n_phi, n_theta · R]`` (separable) or ``[R, n_theta · n_phi]``.
+            x ``[R, (lmax+1)²]`` -> ``[n_phi, n_theta, R]`` (separable) or ``[R, n_theta · n_phi]`` (dense).
         """
         if not self.separable:
-            return x @ self.dense_t
+            return _scale_rows(x, scale) @ self.dense_t
         rows, P = x.shape[0], self.lmax + 1
+        gathered = torch.index_select(x, 1, self.gather_index)  # [R, (2L+1)(L+1)]
+        if scale is not None:
+            gathered.view(-1, scale.shape[0], gathered.shape[1]).mul_(scale[:, self.gather_index])
         # The gathered block is read transposed by the batched GEMM: no explicit transpose of x.
-        gathered = torch.index_select(x, 1, self.gather_index).view(rows, 2 * P - 1, P).permute(1, 2, 0)
-        orders = torch.bmm(self.legendre, gathered)  # [2L+1, n_theta, R]
-        return torch.mm(self.fourier, orders.view(2 * P - 1, self.n_theta * rows))
+        orders = torch.bmm(self.legendre, gathered.view(rows, 2 * P - 1, P).permute(1, 2, 0))  # [2L+1, n_theta, R]
+        return torch.mm(self.fourier, orders.view(2 * P - 1, -1)).view(self.n_phi, self.n_theta, rows)
 
-    def from_grid(self, h: Tensor, out: Tensor | None = None) -> Tensor:
+    def from_grid(self, h: Tensor) -> Tensor:
         """SH coefficients of grid values ``h`` (adjoint of ``to_grid``); no autograd.
 
         Shapes:
-            h ``[n_phi, n_theta · R]`` (separable) or ``[R, n_theta · n_phi]`` -> ``[R, (lmax+1)²]``.
+            h ``[n_phi, n_theta, R]`` (separable) or ``[R, n_theta · n_phi]`` (dense) -> ``[R, (lmax+1)²]``.
         """
         if not self.separable:
-            return torch.mm(h, self.dense, out=out) if out is not None else h @ self.dense
-        P = self.lmax + 1
-        rows = h.shape[1] // self.n_theta
-        orders = torch.mm(self.fourier_t, h)  # [2L+1, n_theta · R]
+            return (h @ self.dense)[:, : self.dim]
+        P, rows = self.lmax + 1, h.shape[-1]
+        orders = torch.mm(self.fourier_t, h.reshape(self.n_phi, -1))  # [2L+1, n_theta · R]
         coeffs = torch.bmm(self.legendre_t, orders.view(2 * P - 1, self.n_theta, rows))  # [2L+1, L+1, R]
-        coeffs = torch.index_select(coeffs.view(-1, rows), 0, self.scatter_index).T
-        return coeffs.contiguous() if out is None else out.copy_(coeffs)
+        return torch.index_select(coeffs.view(-1, rows), 0, self.scatter_index).T.contiguous()
 
     def grid_weight(self, power: float) -> Tensor:
         """Quadrature weight to ``power``, shaped to broadcast against this transform's grid layout."""
         return self.quadrature.pow(power)
 
     def chunk_rows(self) -> int:
-        """Rows per chunk such that one grid tensor takes about ``_CHUNK_BYTES``."""
+        """Rows per chunk such that one grid tensor takes about ``_CHUNK_BYTES`` (CPU) or 256 MB (GPU)."""
         per_row = self.n_theta * self.n_phi * self.quadrature.element_size()
-        return max(64, _CHUNK_BYTES // per_row)
+        budget = _CHUNK_BYTES if self.quadrature.device.type == "cpu" else 1 << 28
+        return max(64, budget // per_row)
 
     def extra_repr(self) -> str:
         mode = "separable" if self.separable else "dense"
         kind = "" if self.kind == "value" else f", kind={self.kind}"
         return f"lmax={self.lmax}, grid={self.n_theta}x{self.n_phi}, {mode}{kind}"
-
-
-def _grid_view(t: SphericalGridTransform, h: Tensor) -> Tensor:
-    """Grid values shaped to broadcast with ``t.grid_weight``."""
-    return h.view(t.n_phi, t.n_theta, -1) if t.separable else h
 
 
 class _ToGrid(torch.autograd.Function):
@@ -293,53 +295,98 @@ class _FromGrid(torch.autograd.Function):
         return _ToGrid.apply(grad.contiguous(), ctx.transform), None
 
 
-class _GauntProduct(torch.autograd.Function):
-    """Unweighted Gaunt product of rows ``x [R, K1]``, ``y [R, K2]`` -> ``[R, K3]``, chunked over rows.
+def _scale_rows(t: Tensor, scale: Tensor | None, out: Tensor | None = None) -> Tensor:
+    """``t [R, K]`` times ``scale [C, K]`` on row ``r``'s channel ``r % C`` (written to ``out`` if given)."""
+    if scale is None:
+        return t if out is None else out.copy_(t)
+    shape = (-1, *scale.shape)
+    if out is None:
+        return (t.view(shape) * scale).view(t.shape)
+    torch.mul(t.view(shape), scale, out=out.view(shape))
+    return out
 
-    The grids of ``x`` and ``y`` are kept for a first-order backward: its cost is then one transform to and
-    two from the grid. Under ``create_graph`` the gradients are computed as Gaunt products instead.
+
+def _channel_sum(a: Tensor, b: Tensor, channels: int) -> Tensor:
+    """``Σ_n a ⊙ b`` over the rows of each channel: ``[R, K]`` x2 -> ``[C, K]``."""
+    return (a * b).view(-1, channels, a.shape[-1]).sum(0)
+
+
+class _GauntProduct(torch.autograd.Function):
+    """``w3 ⊙ Γ(w1 ⊙ x, w2 ⊙ y)`` for rows ``x [R, K1]``, ``y [R, K2]`` -> ``[R, K3]``, chunked over rows.
+
+    Weights ``[C, K]`` (or None) act on row ``r``'s channel ``r % C``; they are folded into the gathers and
+    copies of the transforms. The grids of both inputs are kept for a first-order backward, which then costs
+    one transform to and two from the grid. Under ``create_graph`` the gradients are computed as Gaunt
+    products instead (Γ is symmetric in its three indices), which keeps them differentiable.
     """
 
     @staticmethod
-    def forward(ctx, x, y, t1, t2, t3):
-        rows = x.shape[0]
-        out = x.new_empty(rows, t3.dim)
-        chunk = t1.chunk_rows()
-        keep = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        grids = []
-        for start in range(0, rows, chunk):
-            f = t1.to_grid(x[start : start + chunk])
-            g = t2.to_grid(y[start : start + chunk])
-            t3.from_grid(f * g, out=out[start : start + chunk])
+    def forward(ctx, x, y, w1, w2, w3, t1, t2, t3):
+        channels = next((w.shape[0] for w in (w1, w2, w3) if w is not None), 1)
+        chunk = max(1, t1.chunk_rows() // channels) * channels
+        keep = any(ctx.needs_input_grad[:5])
+        out = x.new_empty(x.shape[0], t3.dim)
+        grids, projections = [], []
+        for start in range(0, x.shape[0], chunk):
+            rows = slice(start, start + chunk)
+            f, g = t1.to_grid(x[rows], w1), t2.to_grid(y[rows], w2)
+            u = t3.from_grid(f * g if keep else f.mul_(g))
+            _scale_rows(u, w3, out=out[rows])
             if keep:
                 grids.append((f, g))
-        ctx.save_for_backward(x, y)
-        ctx.transforms = (t1, t2, t3)
-        ctx.grids = grids
+                projections.append(u if ctx.needs_input_grad[4] else None)
+        ctx.save_for_backward(x, y, w1, w2, w3)
+        ctx.transforms, ctx.grids, ctx.projections = (t1, t2, t3), grids, projections
+        ctx.channels, ctx.chunk, ctx.grids_used = channels, chunk, False
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        x, y = ctx.saved_tensors
+        x, y, w1, w2, w3 = ctx.saved_tensors
         t1, t2, t3 = ctx.transforms
-        grad = grad.contiguous()
-        need_x, need_y = ctx.needs_input_grad[:2]
+        need_x, need_y, need_w1, need_w2, need_w3 = ctx.needs_input_grad[:5]
+        channels, grad = ctx.channels, grad.contiguous()
         if torch.is_grad_enabled():
-            # create_graph: the Gaunt coefficients are symmetric in their three indices, so each gradient is
-            # itself a Gaunt product, and stays differentiable.
-            gx = _GauntProduct.apply(grad, y, t3, t2, t1) if need_x else None
-            gy = _GauntProduct.apply(grad, x, t3, t1, t2) if need_y else None
-            return gx, gy, None, None, None
-        gx = x.new_empty(x.shape) if need_x else None
-        gy = y.new_empty(y.shape) if need_y else None
-        chunk = t1.chunk_rows()
-        for (f, g), start in zip(ctx.grids, range(0, x.shape[0], chunk)):
-            gh = t3.to_grid(grad[start : start + chunk])
-            if need_x:
-                t1.from_grid(gh * g, out=gx[start : start + chunk])
-            if need_y:
-                t2.from_grid(gh * f, out=gy[start : start + chunk])
-        return gx, gy, None, None, None
+            apply = _GauntProduct.apply
+            gxu = apply(grad, y, w3, w2, None, t3, t2, t1) if need_x or need_w1 else None  # ∂/∂(w1 ⊙ x)
+            gyu = apply(grad, x, w3, w1, None, t3, t1, t2) if need_y or need_w2 else None
+            u = apply(x, y, w1, w2, None, t1, t2, t3) if need_w3 else None
+            return (
+                _scale_rows(gxu, w1) if need_x else None,
+                _scale_rows(gyu, w2) if need_y else None,
+                _channel_sum(gxu, x, channels) if need_w1 else None,
+                _channel_sum(gyu, y, channels) if need_w2 else None,
+                _channel_sum(grad, u, channels) if need_w3 else None,
+                None,
+                None,
+                None,
+            )
+        gx = torch.empty_like(x) if need_x else None
+        gy = torch.empty_like(y) if need_y else None
+        gw = [torch.zeros_like(w) if need else None for w, need in ((w1, need_w1), (w2, need_w2), (w3, need_w3))]
+        # The kept grids are overwritten below; a second backward through a retained graph recomputes them.
+        recompute = ctx.grids_used
+        ctx.grids_used = True
+        for (f, g), u, start in zip(ctx.grids, ctx.projections, range(0, x.shape[0], ctx.chunk)):
+            rows = slice(start, start + ctx.chunk)
+            if recompute:
+                f, g = t1.to_grid(x[rows], w1), t2.to_grid(y[rows], w2)
+            gh = t3.to_grid(grad[rows], w3)
+            if need_w3:
+                gw[2] += _channel_sum(grad[rows], u, channels)
+            if need_x or need_w1:
+                gxu = t1.from_grid(g.mul_(gh))
+                if need_x:
+                    _scale_rows(gxu, w1, out=gx[rows])
+                if need_w1:
+                    gw[0] += _channel_sum(gxu, x[rows], channels)
+            if need_y or need_w2:
+                gyu = t2.from_grid(f.mul_(gh))
+                if need_y:
+                    _scale_rows(gyu, w2, out=gy[rows])
+                if need_w2:
+                    gw[1] += _channel_sum(gyu, y[rows], channels)
+        return gx, gy, *gw, None, None, None
 
 
 def _lmax_of(dim: int, name: str) -> int:
@@ -388,8 +435,12 @@ class _DegreeWeights(nn.Module):
         self.weight = nn.Parameter(torch.ones(channels, lmax + 1))
         self.register_buffer("degree", _degree_index(lmax), persistent=False)
 
+    def expanded(self) -> Tensor:
+        """The weight of each coefficient, ``[C, (L+1)²]``."""
+        return self.weight[:, self.degree]
+
     def forward(self, x: Tensor) -> Tensor:
-        return x * self.weight[:, self.degree]
+        return x * self.expanded()
 
 
 class GauntTensorProduct(nn.Module):
@@ -444,17 +495,16 @@ class GauntTensorProduct(nn.Module):
         _check_feature("y", y, self.channels, self.lmax_in2)
         if x.shape[:-2] != y.shape[:-2]:
             raise ValueError(f"x and y must have the same leading shape, got {tuple(x.shape)} and {tuple(y.shape)}")
-        if self.weighted:
-            x, y = self.weight_in1(x), self.weight_in2(y)
+        weights = (self.weight_in1, self.weight_in2, self.weight_out) if self.weighted else (None,) * 3
         t = self.transforms
-        out = _GauntProduct.apply(
+        return _GauntProduct.apply(
             x.reshape(-1, x.shape[-1]),
             y.reshape(-1, y.shape[-1]),
+            *(None if w is None else w.expanded() for w in weights),
             t[str(self.lmax_in1)],
             t[str(self.lmax_in2)],
             t[str(self.lmax_out)],
         ).view(*x.shape[:-1], -1)
-        return self.weight_out(out) if self.weighted else out
 
     def __repr__(self) -> str:
         t = self.transforms[str(self.lmax_out)]
@@ -583,7 +633,7 @@ class GauntManyBody(nn.Module):
         for nu in range(2, self.correlation + 1):
             powers[nu] = powers[nu // 2] * powers[nu - nu // 2]
             # Each grid factor carries w^{1/3}: ν factors and the projection give w^{(ν+1)/3}, want w.
-            h = powers[nu] if nu == 2 else (_grid_view(t, powers[nu]) * t.grid_weight((2 - nu) / 3)).view_as(powers[nu])
+            h = powers[nu] if nu == 2 else powers[nu] * t.grid_weight((2 - nu) / 3)
             out = out + weight[nu - 1] * _FromGrid.apply(h, t).view_as(x)
         return out
 

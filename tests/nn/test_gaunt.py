@@ -81,7 +81,7 @@ def test_dense_and_separable_transforms_agree_and_chunks_do_not_matter(lmax, gen
         t = SphericalGridTransform(lmax, 3 * lmax, separable).double()
         outs.append(t.from_grid(t.to_grid(x) * t.to_grid(y)))
         monkeypatch.setattr(gaunt, "_CHUNK_BYTES", 4096)  # 64 rows per chunk from here on
-        outs.append(gaunt._GauntProduct.apply(x, y, t, t, t))
+        outs.append(gaunt._GauntProduct.apply(x, y, None, None, None, t, t, t))
         monkeypatch.undo()
     for out in outs[1:]:
         torch.testing.assert_close(out, outs[0], atol=1e-12, rtol=1e-10)
@@ -164,7 +164,7 @@ def _rotate(x, R, lmax, pseudo=False):
     return x @ (D.T * torch.det(R) if pseudo else D.T)
 
 
-@pytest.mark.parametrize("l1,l2,l3", [(1, 2, 3), (4, 4, 4)])
+@pytest.mark.parametrize("l1,l2,l3", [(1, 2, 3), (5, 5, 5)])  # dense and separable
 def test_products_are_o3_equivariant(l1, l2, l3, generator):
     modules = [GauntTensorProduct(l1, l2, l3, channels=2), GauntCrossProduct(l1, l2, l3, channels=2)]
     x = torch.randn(6, 2, (l1 + 1) ** 2, generator=generator, dtype=F64)
@@ -193,13 +193,29 @@ def test_weights_start_at_the_unweighted_product_and_act_per_degree(generator):
     torch.testing.assert_close(weighted(x, y), expected)
 
 
-@pytest.mark.parametrize("l1,l2,l3", [(2, 1, 2), (4, 3, 4)])
-def test_gradients_first_and_second_order(l1, l2, l3, generator):
-    tp = GauntTensorProduct(l1, l2, l3, channels=1, weighted=False).double()
-    x = torch.randn(2, 1, (l1 + 1) ** 2, generator=generator, dtype=F64, requires_grad=True)
-    y = torch.randn(2, 1, (l2 + 1) ** 2, generator=generator, dtype=F64, requires_grad=True)
-    assert torch.autograd.gradcheck(tp, (x, y))
-    assert torch.autograd.gradgradcheck(tp, (x, y))
+@pytest.mark.parametrize("l1,l2,l3", [(2, 1, 2), (5, 3, 5)])  # dense and separable
+def test_gradients_first_and_second_order(l1, l2, l3, generator, monkeypatch):
+    """Inputs and the three weights, with rows split over several chunks of whole channel groups."""
+    monkeypatch.setattr(gaunt, "_CHUNK_BYTES", 64)  # chunk_rows() = 64 -> 64 rows = 32 nodes x 2 channels
+    tp = GauntTensorProduct(l1, l2, l3, channels=2).double()
+    t = [tp.transforms[str(l)] for l in (l1, l2, l3)]
+    x = torch.randn(70, 2, (l1 + 1) ** 2, generator=generator, dtype=F64)
+    y = torch.randn(70, 2, (l2 + 1) ** 2, generator=generator, dtype=F64)
+    w = [torch.rand(2, (l + 1) ** 2, generator=generator, dtype=F64) + 0.5 for l in (l1, l2, l3)]
+
+    def product(x, y, w1, w2, w3):
+        return gaunt._GauntProduct.apply(x.flatten(0, 1), y.flatten(0, 1), w1, w2, w3, *t)
+
+    inputs = tuple(v.requires_grad_(True) for v in (x, y, *w))
+    # Gradients of a sum check every chunk: the fast path (twice through a retained graph, as it reuses its
+    # buffers) against the differentiable one; gradcheck on a few rows keeps the rest fast.
+    loss = product(*inputs).sum()
+    first = torch.autograd.grad(loss, inputs, retain_graph=True)
+    torch.testing.assert_close(torch.autograd.grad(loss, inputs), first, rtol=0, atol=0)
+    torch.testing.assert_close(torch.autograd.grad(product(*inputs).sum(), inputs, create_graph=True), first)
+    small = (inputs[0][:2].detach().requires_grad_(True), inputs[1][:2].detach().requires_grad_(True), *inputs[2:])
+    assert torch.autograd.gradcheck(product, small)
+    assert torch.autograd.gradgradcheck(product, small)
 
 
 def test_many_body_is_the_exact_nu_fold_product(generator):
