@@ -1,6 +1,20 @@
 """Datasets and data modules producing ``torch_geometric.data.Data``."""
 
 from .datamodule import GraphDataModule, QM9DataModule
+from .generation import QM9GenerationDataModule
+from .nbody import NBody, NBodyDataModule
 from .qm9 import QM9, TARGETS, UNITS
+from .rmd17 import RMD17, RMD17DataModule
 
-__all__ = ["QM9", "TARGETS", "UNITS", "GraphDataModule", "QM9DataModule"]
+__all__ = [
+    "QM9",
+    "TARGETS",
+    "UNITS",
+    "RMD17",
+    "NBody",
+    "GraphDataModule",
+    "QM9DataModule",
+    "QM9GenerationDataModule",
+    "RMD17DataModule",
+    "NBodyDataModule",
+]

@@ -282,6 +282,10 @@ def atomic_write(path: str | os.PathLike, mode: str = "w"):
     if not path.parent.exists():
         raise FileNotFoundError(f"output folder does not exist: {path.parent}")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # mkstemp creates the file 0600; give it the permissions a plain open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle

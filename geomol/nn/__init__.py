@@ -1,16 +1,55 @@
 """Equivariant and invariant building blocks, usable inside any PyG model (no Lightning here)."""
 
+from .cfconv import CFConv, SchNetInteraction, ShiftedSoftplus
 from .graph import Triplets, edge_vectors, full_graph, radius_graph, triplets
+from .gvp import GVP, GVPConv, GVPEdgeUpdate, GVPLayerNorm, GVPPositionUpdate
+from .ponita import (
+    ConvNextBlock,
+    FiberBundleConv,
+    KernelBasis,
+    PointConv,
+    PolynomialFeatures,
+    distance_invariants,
+    fiber_bundle_invariants,
+    fibonacci_grid,
+    point_invariants,
+    repulsion_grid,
+    spherical_grid,
+)
 from .radial import BesselBasis, CosineCutoff, GaussianBasis, PolynomialEnvelope
 
 __all__ = [
+    # graphs (pure torch)
     "radius_graph",
     "full_graph",
     "triplets",
     "Triplets",
     "edge_vectors",
+    # radial bases
     "GaussianBasis",
     "BesselBasis",
     "PolynomialEnvelope",
     "CosineCutoff",
+    # SchNet
+    "CFConv",
+    "SchNetInteraction",
+    "ShiftedSoftplus",
+    # PONITA
+    "distance_invariants",
+    "point_invariants",
+    "fiber_bundle_invariants",
+    "fibonacci_grid",
+    "repulsion_grid",
+    "spherical_grid",
+    "PolynomialFeatures",
+    "KernelBasis",
+    "PointConv",
+    "FiberBundleConv",
+    "ConvNextBlock",
+    # GVP
+    "GVP",
+    "GVPConv",
+    "GVPLayerNorm",
+    "GVPPositionUpdate",
+    "GVPEdgeUpdate",
 ]

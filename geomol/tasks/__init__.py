@@ -1,6 +1,8 @@
-"""LightningModules: property regression, generation, image classification."""
+"""LightningModules: property regression, generation, N-body dynamics (and images)."""
 
 from .callbacks import TrainingCurves
+from .generation import GenerationTask
+from .nbody import NBodyTask
 from .property import PropertyTask
 
-__all__ = ["PropertyTask", "TrainingCurves"]
+__all__ = ["PropertyTask", "GenerationTask", "NBodyTask", "TrainingCurves"]

@@ -24,7 +24,7 @@ from geomol.flows.molecule import MODALITIES, MolecularFlow, MoleculeState
 from geomol.flows.sampler import AtomCounts, euler_sample, split_molecules
 from geomol.metrics.summary import molecule_metrics
 from geomol.metrics.validity import sanitized
-from geomol.tasks.property import _plain, build_optimizers
+from geomol.tasks.base import build_optimizers, plain_config
 
 __all__ = ["GenerationTask", "CHARGES"]
 
@@ -79,7 +79,7 @@ class GenerationTask(GeomolTaskMixin, pl.LightningModule):
         monitor: str = "val/loss",
     ) -> None:
         super().__init__()
-        condition = list(_plain(condition) or [])
+        condition = list(plain_config(condition) or [])
         if not (len(targets) == len(units) == len(mean) == len(std)):
             raise ValueError("targets, units, mean and std must have the same length")
         unknown = [name for name in condition if name not in targets]
@@ -87,11 +87,11 @@ class GenerationTask(GeomolTaskMixin, pl.LightningModule):
             raise ValueError(f"cannot condition on {unknown}: the data provides {', '.join(targets)}")
         if len(set(condition)) != len(condition):
             raise ValueError(f"a property is listed twice in condition={condition}")
-        weights = {**DEFAULT_LOSS_WEIGHTS, **(_plain(loss_weights) or {})}
+        weights = {**DEFAULT_LOSS_WEIGHTS, **(plain_config(loss_weights) or {})}
         if set(weights) != set(MODALITIES):
             raise ValueError(f"loss_weights takes the keys x, a, c, e; got {sorted(weights)}")
-        sampling = {**DEFAULT_SAMPLING, **(_plain(sampling) or {})}
-        atom_counts = _plain(atom_counts)
+        sampling = {**DEFAULT_SAMPLING, **(plain_config(sampling) or {})}
+        atom_counts = plain_config(atom_counts)
         keep = [list(targets).index(name) for name in condition]
         columns = list(range(len(targets))) if target_columns is None else list(target_columns)
         if len(columns) != len(targets):
@@ -100,7 +100,7 @@ class GenerationTask(GeomolTaskMixin, pl.LightningModule):
         # Only the conditioned properties go into the checkpoint.
         self.save_hyperparameters(
             {
-                "net": _plain(net),
+                "net": plain_config(net),
                 "targets": [targets[k] for k in keep],
                 "units": [units[k] for k in keep],
                 "mean": [float(mean[k]) for k in keep],
@@ -112,13 +112,13 @@ class GenerationTask(GeomolTaskMixin, pl.LightningModule):
                     "given_property": {name: given[name] for name in condition if name in given},
                 },
                 "condition": condition,
-                "flow": _plain(flow) or {},
+                "flow": plain_config(flow) or {},
                 "loss_weights": weights,
                 "sampling": sampling,
                 "val_molecules": val_molecules,
                 "sample_every_n_epochs": sample_every_n_epochs,
-                "optimizer": _plain(optimizer),
-                "scheduler": _plain(scheduler),
+                "optimizer": plain_config(optimizer),
+                "scheduler": plain_config(scheduler),
                 "scheduler_interval": scheduler_interval,
                 "monitor": monitor,
             }

@@ -6,15 +6,15 @@ from collections.abc import Mapping
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from .property import build_optimizers
+from ..checkpoints import GeomolTaskMixin
+from .base import build_optimizers, plain_config
 
 __all__ = ["NBodyTask"]
 
 
-class NBodyTask(pl.LightningModule):
+class NBodyTask(GeomolTaskMixin, pl.LightningModule):
     """Regress future positions with a mean squared error (EGNN/SEGNN/PONITA's N-body protocol).
 
     The network maps ``(pos, vel, charge, batch)`` to predicted positions ``[N, 3]``, e.g.
@@ -37,11 +37,7 @@ class NBodyTask(pl.LightningModule):
         monitor: str = "val/loss",
     ) -> None:
         super().__init__()
-        plain = [
-            OmegaConf.to_container(c, resolve=True) if isinstance(c, DictConfig) else c
-            for c in (net, optimizer, scheduler)
-        ]
-        net, optimizer, scheduler = plain
+        net, optimizer, scheduler = (plain_config(c) for c in (net, optimizer, scheduler))
         self.save_hyperparameters(
             {
                 "net": net,

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch_geometric.utils import scatter
 
 from ..checkpoints import GeomolTaskMixin
+from .base import build_optimizers, plain_config
 
 __all__ = ["PropertyTask", "report_scale"]
 
@@ -23,10 +22,6 @@ _REPORT = {"eV": (1000.0, "meV"), "eV/Å": (1000.0, "meV/Å")}
 def report_scale(unit: str) -> tuple[float, str]:
     """Factor and unit in which errors of a target with ``unit`` are reported."""
     return _REPORT.get(unit, (1.0, unit))
-
-
-def _plain(cfg: Any) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
 
 
 def check_molecule_input(z: Tensor, pos: Tensor, elements: Sequence[int] | None) -> None:
@@ -89,7 +84,7 @@ class PropertyTask(GeomolTaskMixin, pl.LightningModule):
         monitor: str = "val/loss",
     ) -> None:
         super().__init__()
-        net, optimizer, scheduler = _plain(net), _plain(optimizer), _plain(scheduler)
+        net, optimizer, scheduler = plain_config(net), plain_config(optimizer), plain_config(scheduler)
         self.save_hyperparameters(
             {
                 "net": net,
@@ -206,15 +201,3 @@ class PropertyTask(GeomolTaskMixin, pl.LightningModule):
         return build_optimizers(
             self, self.hparams.optimizer, self.hparams.scheduler, self.hparams.scheduler_interval, self.hparams.monitor
         )
-
-
-def build_optimizers(
-    module: pl.LightningModule, optimizer: Mapping | None, scheduler: Mapping | None, interval: str, monitor: str
-):
-    """Optimizer and scheduler from partial configs (shared by every geomol task)."""
-    optimizer = optimizer or {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
-    opt = instantiate(optimizer)(params=module.parameters())
-    if not scheduler:
-        return opt
-    sched = instantiate(scheduler)(optimizer=opt)
-    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval, "monitor": monitor}}

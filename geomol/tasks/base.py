@@ -1,0 +1,29 @@
+"""Pieces shared by every geomol task (property, generation, images, N-body)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+__all__ = ["plain_config", "build_optimizers"]
+
+
+def plain_config(cfg: Any) -> Any:
+    """Plain dicts/lists from OmegaConf nodes, so hyper-parameters pickle-free into checkpoints."""
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
+
+
+def build_optimizers(
+    module: pl.LightningModule, optimizer: Mapping | None, scheduler: Mapping | None, interval: str, monitor: str
+):
+    """Optimizer and optional LR scheduler from partial configs (``_partial_: true``)."""
+    optimizer = optimizer or {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
+    opt = instantiate(optimizer)(params=module.parameters())
+    if not scheduler:
+        return opt
+    sched = instantiate(scheduler)(optimizer=opt)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval, "monitor": monitor}}
