@@ -156,3 +156,37 @@ def test_a_regressor_checkpoint_is_refused_as_generator(regressor, tmp_path, cap
         generate_main([f"ckpt={regressor}", f"output={tmp_path / 'x.sdf'}"])
     assert exit_info.value.code == 2
     assert "holds a PropertyTask, but a GenerationTask is needed here" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- bad input: one line, exit 2, nothing written
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["num_molecules=0"], "geomol: error: num_molecules must be at least 1, got 0"),
+        (["num_molecules=-3"], "geomol: error: num_molecules must be at least 1, got -3"),
+        (["output={tmp}/missing/mols.sdf"], "geomol: error: output folder does not exist: {tmp}/missing"),
+        (["output={tmp}/mols.xyz"], "geomol: error: output must be an .sdf file, got {tmp}/mols.xyz"),
+    ],
+)
+def test_generate_bad_arguments(checkpoint, tmp_path, capsys, args, message):
+    base = [f"ckpt={checkpoint}", f"output={tmp_path}/mols.sdf", "condition.gap=6.8", "steps=2", "num_molecules=2"]
+    args = [a.format(tmp=tmp_path) for a in args]
+    keys = {a.split("=")[0] for a in args}
+    with pytest.raises(SystemExit) as exit_info:
+        generate_main([a for a in base if a.split("=")[0] not in keys] + args)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == message.format(tmp=tmp_path)
+    assert not list(tmp_path.glob("*.sdf")) and not list(tmp_path.glob("*.png"))
+
+
+def test_evaluate_malformed_and_missing_sdf(tmp_path, capsys):
+    bad = tmp_path / "bad.sdf"
+    bad.write_text("not a molecule\n  at all\n$$$$\n")
+    for path, message in [
+        (bad, f"geomol: error: malformed SDF: record 1 of {bad} could not be parsed"),
+        (tmp_path / "none.sdf", f"geomol: error: SDF file not found: {tmp_path / 'none.sdf'}"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            evaluate_main([f"sdf={path}"])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == message
