@@ -20,6 +20,9 @@ Usage::
 
     python bench/gaunt_vs_e3nn.py                       # N=1000, C=16, lmax 1..8, 2 threads, float32
     python bench/gaunt_vs_e3nn.py --device cuda --n 20000 --channels 32
+
+On cores shared with other jobs, OpenMP threads that spin while their partner is descheduled can stretch a
+millisecond operation to a scheduler time slice, for every method; ``OMP_WAIT_POLICY=PASSIVE`` avoids that.
 """
 
 from __future__ import annotations
@@ -133,7 +136,8 @@ def main() -> None:
     torch.manual_seed(0)
     print(
         f"N={args.n} C={args.channels} {args.dtype} device={device} threads={torch.get_num_threads()} "
-        f"repeats={args.repeats}, forward+backward; load average {os.getloadavg()[0]:.1f}"
+        f"repeats={args.repeats}, forward+backward; load average {os.getloadavg()[0]:.1f}, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}"
     )
     header = (
         f"{'L':>2} {'paths':>5} | {'e3nn ms':>17} {'dense ms':>17} {'gaunt ms':>17} | {'e3nn/gaunt':>10} "
