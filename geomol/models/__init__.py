@@ -1,8 +1,10 @@
 """Complete networks, built only from :mod:`geomol.nn` pieces."""
 
+from .dimenet import DimeNet, DimeNetPlusPlus
+from .gaunt_net import GauntNet
 from .ponita import Ponita, PonitaDynamics, PonitaNet
 from .propmolflow import PropMolFlow
 from .regressor import GVPRegressor
 from .schnet import SchNet
 
-__all__ = ["SchNet", "Ponita", "PonitaNet", "PonitaDynamics", "PropMolFlow", "GVPRegressor"]
+__all__ = ["SchNet", "DimeNet", "DimeNetPlusPlus", "GauntNet", "Ponita", "PonitaNet", "PonitaDynamics", "PropMolFlow", "GVPRegressor"]

@@ -1,6 +1,25 @@
 """Equivariant and invariant building blocks, usable inside any PyG model (no Lightning here)."""
 
 from .cfconv import CFConv, SchNetInteraction, ShiftedSoftplus
+from .dimenet import (
+    EmbeddingBlock,
+    InteractionBlock,
+    InteractionPPBlock,
+    OutputBlock,
+    OutputPPBlock,
+    SphericalBasis,
+)
+from .gaunt import (
+    GauntConv,
+    GauntCrossProduct,
+    GauntManyBody,
+    GauntTensorProduct,
+    SHLinear,
+    SphericalGridTransform,
+    irreps_to_sh,
+    sh_irreps,
+    sh_to_irreps,
+)
 from .graph import Triplets, edge_vectors, full_graph, radius_graph, triplets
 from .gvp import GVP, GVPConv, GVPEdgeUpdate, GVPLayerNorm, GVPPositionUpdate
 from .ponita import (
@@ -34,6 +53,23 @@ __all__ = [
     "CFConv",
     "SchNetInteraction",
     "ShiftedSoftplus",
+    # Gaunt tensor products
+    "GauntTensorProduct",
+    "GauntCrossProduct",
+    "GauntManyBody",
+    "GauntConv",
+    "SHLinear",
+    "SphericalGridTransform",
+    "sh_irreps",
+    "sh_to_irreps",
+    "irreps_to_sh",
+    # DimeNet / DimeNet++
+    "SphericalBasis",
+    "EmbeddingBlock",
+    "InteractionBlock",
+    "InteractionPPBlock",
+    "OutputBlock",
+    "OutputPPBlock",
     # PONITA
     "distance_invariants",
     "point_invariants",
