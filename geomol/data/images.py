@@ -287,6 +287,8 @@ class MNISTAffineDataModule(pl.LightningDataModule):
             batch_size=self.batch_size,
             # The order depends on (seed, epoch) only, so a resumed run sees the same batches.
             sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
+            # A last training batch of one image would break BatchNorm (AffineCNN's default head).
+            drop_last=shuffle and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

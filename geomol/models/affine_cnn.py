@@ -63,8 +63,10 @@ class AffineCNN(nn.Module):
     Every forward pass draws one set of group samples shared by all layers (residual connections need
     input and output on the same samples). In training the set is new at every step, from a stream
     seeded by ``seed`` (the step count is a buffer, so a resumed run continues the stream); in eval
-    mode it is always the same set, so evaluation is deterministic. ``eval_num_samples`` may exceed
-    ``num_samples``: kernels are continuous in the group, and more samples mean a better integral.
+    mode it is always the same set, so evaluation is deterministic. ``eval_num_samples`` may differ
+    from ``num_samples`` (kernels are continuous in the group), but with equidistant angles the kernels
+    were only trained on the training grid's relative turns: keep the two equal there (in our short
+    CPU runs a denser eval grid lost accuracy).
 
     Args:
         num_classes: number of classes (given by the task).

@@ -349,23 +349,26 @@ class _SampledConv(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
     def transformed_offsets(self, samples: Tensor) -> tuple[Tensor, Tensor]:
-        """``h⁻¹·u`` for every sample and window offset ``[N, k², 2]``, and the kernel weight
-        ``mask(h⁻¹·u) / |det h|`` ``[N, k², 1]``.
+        """``h⁻¹·u`` for every sample and window offset ``[N, k², 2]`` and the Haar determinant
+        correction ``1/|det h|`` ``[N]`` (ones on SL(2)).
 
-        The smooth mask ``σ(slope·(radius - |h⁻¹u|))`` confines the kernel to the ``h``-image of a disk.
-        The defaults are the authors' gentle taper (radius 1, slope 2); a sharper mask (e.g. 0.75, 10)
-        keeps the kernel off the square window's edges, whose cut breaks equivariance, at the price of
-        a smaller effective kernel (slower training in our runs).
         Group arithmetic runs in float64 (the tensors are tiny); results come in the layer's dtype.
         """
         inv = self.group.inverse(samples.double())
         u = self.group.act(inv.unsqueeze(1), self.offsets.double()).to(self.offsets.dtype)
-        weight = torch.ones_like(u[..., :1])
-        if self.mask_radius is not None:
-            weight = torch.sigmoid(self.mask_slope * (self.mask_radius - u.norm(dim=-1, keepdim=True)))
-        if not self.group.volume_preserving:
-            weight = weight * torch.linalg.det(inv).abs().to(weight.dtype)[:, None, None]
-        return u, weight
+        volume = torch.linalg.det(inv).abs().to(u.dtype)
+        return u, torch.ones_like(volume) if self.group.volume_preserving else volume
+
+    def mask(self, coords: Tensor) -> Tensor:  # [..., D] -> [..., 1]
+        """Smooth mask ``σ(slope·(radius - |coords|))`` on the kernel's coordinates.
+
+        The defaults are the authors' gentle taper (radius 1, slope 2). A sharper mask (e.g. 0.75, 10)
+        keeps the kernel off the square window's edges, whose cut breaks equivariance, at the price
+        of a smaller effective kernel (slower training in our runs).
+        """
+        if self.mask_radius is None:
+            return torch.ones_like(coords[..., :1])
+        return torch.sigmoid(self.mask_slope * (self.mask_radius - coords.norm(dim=-1, keepdim=True)))
 
     def _add_bias(self, y: Tensor) -> Tensor:  # [B, C_out, N, H, W]
         return y if self.bias is None else y + self.bias.view(1, -1, 1, 1, 1)
@@ -380,7 +383,7 @@ class _SampledConv(nn.Module):
 class LiftingConv(_SampledConv):
     r"""Lifting convolution from images on R² to feature maps on R² × {group samples}.
 
-    ``(k ⋆ f)(x, h_i) = Σ_u k(h_i⁻¹u) m(h_i⁻¹u) f(x + u) / |det h_i|`` over the ``k×k`` window, the
+    ``(k ⋆ f)(x, h_i) = Σ_u k(h_i⁻¹u) m(|h_i⁻¹u|) f(x + u) / |det h_i|`` over the ``k×k`` window, the
     pixel-grid form of ``∫ k(h⁻¹(y - x)) f(y) dy / |det h|``.
 
     Args:
@@ -390,7 +393,7 @@ class LiftingConv(_SampledConv):
         padding: zero padding in space.
         bias: learnable per-channel bias.
         hidden_features, num_layers, omega_0: the SIREN kernel network.
-        mask_radius: radius of the smooth mask on ``|h⁻¹u|``; None for no mask.
+        mask_radius: radius of the smooth mask on the kernel's coordinates; None for no mask.
         mask_slope: steepness of the mask's edge.
 
     Shapes:
@@ -427,8 +430,8 @@ class LiftingConv(_SampledConv):
         )
 
     def kernel(self, samples: Tensor) -> Tensor:  # [N, 2, 2] -> [C_out, N, C_in, k, k]
-        u, weight = self.transformed_offsets(samples)
-        values = self.siren(u) * weight  # [N, k², C_out·C_in]
+        u, volume = self.transformed_offsets(samples)
+        values = self.siren(u) * self.mask(u) * volume[:, None, None]  # [N, k², C_out·C_in]
         k = self.kernel_size
         values = values.view(-1, k, k, self.out_channels, self.in_channels)
         return values.permute(3, 0, 4, 1, 2)
@@ -446,7 +449,7 @@ class LiftingConv(_SampledConv):
 class GroupConv(_SampledConv):
     r"""Group convolution between feature maps on R² × {group samples}, by Monte Carlo over the input samples.
 
-    ``(k ⋆ f)(x, h_i) = 1/N_in Σ_j Σ_u k(h_i⁻¹u, ξ⁻¹(h_i⁻¹h_j)) m(h_i⁻¹u) f(x + u, h_j) / |det h_i|``,
+    ``(k ⋆ f)(x, h_i) = 1/N_in Σ_j Σ_u k(c) m(|c|) f(x + u, h_j) / |det h_i|`` with ``c = [h_i⁻¹u, ξ⁻¹(h_i⁻¹h_j)]``,
     the estimate of ``∫∫ k(h⁻¹(y - x), ξ⁻¹(h⁻¹h')) f(y, h') dy dμ(h') / |det h|`` with ``h_j`` the
     input's samples and ``h_i`` the output's (the same ones by default, as a residual connection needs).
     ``padding=None`` keeps the spatial size.
@@ -458,7 +461,7 @@ class GroupConv(_SampledConv):
         padding: zero padding in space.
         bias: learnable per-channel bias.
         hidden_features, num_layers, omega_0: the SIREN kernel network.
-        mask_radius: radius of the smooth mask on ``|h⁻¹u|``; None for no mask.
+        mask_radius: radius of the smooth mask on the kernel's coordinates; None for no mask.
         mask_slope: steepness of the mask's edge.
 
     Shapes:
@@ -499,14 +502,18 @@ class GroupConv(_SampledConv):
     def kernel(self, samples_in: Tensor, samples_out: Tensor) -> Tensor:
         """Monte Carlo weights ``[C_out, N_out, C_in, N_in, k, k]`` (the ``1/N_in`` included)."""
         n_out, n_in, k2 = samples_out.shape[0], samples_in.shape[0], self.offsets.shape[0]
-        u, weight = self.transformed_offsets(samples_out)  # [N_out, k², 2], [N_out, k², 1]
+        u, volume = self.transformed_offsets(samples_out)  # [N_out, k², 2], [N_out]
         relative = self.group.compose(self.group.inverse(samples_out.double()).unsqueeze(1), samples_in.double()[None])
         chart = self.group.log_chart(relative).to(u.dtype)  # ξ⁻¹(h_i⁻¹ h_j) [N_out, N_in, dim]
         coords = torch.cat(
             (u.unsqueeze(1).expand(n_out, n_in, k2, 2), chart.unsqueeze(2).expand(n_out, n_in, k2, chart.shape[-1])),
             dim=-1,
         )
-        values = self.siren(coords) * (weight.unsqueeze(1) / n_in)  # [N_out, N_in, k², C_out·C_in]
+        # The mask on the joint coordinates (the authors' choice) also makes the kernel local in the group:
+        # the sampling density then varies little across its support, which keeps the unweighted Monte
+        # Carlo sum close to equivariant.
+        weight = self.mask(coords) * (volume[:, None, None, None] / n_in)
+        values = self.siren(coords) * weight  # [N_out, N_in, k², C_out·C_in]
         k = self.kernel_size
         values = values.view(n_out, n_in, k, k, self.out_channels, self.in_channels)
         return values.permute(4, 0, 5, 1, 2, 3)
