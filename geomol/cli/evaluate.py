@@ -18,7 +18,7 @@ from rdkit import Chem
 
 from geomol.checkpoints import load_task
 from geomol.cli.train import CONFIG_DIR, report_errors
-from geomol.data.chem import graph_from_mol, mol_from_graph, read_sdf
+from geomol.data.chem import atomic_write, graph_from_mol, mol_from_graph, read_sdf
 from geomol.metrics.properties import predict_properties, property_mae
 from geomol.metrics.summary import molecule_metrics
 
@@ -83,11 +83,12 @@ def load_regressor(path: str | Path, device: torch.device):
 
 
 def property_errors(
-    regressor, mols: Sequence[Chem.Mol], targets: Mapping[str, float] | None = None, device=None
+    regressor, mols: Sequence[Chem.Mol], targets: Mapping[str, float] | None = None, device=None, plot=None
 ) -> dict[str, float]:
     """``mae_<name>`` of every property the regressor predicts and a target is known for.
 
-    The target of each molecule is ``targets[name]`` when given, else its SD tag ``name``.
+    The target of each molecule is ``targets[name]`` when given, else its SD tag ``name``. With
+    ``plot`` (a PNG path), also draws the histogram of the predicted property against its target.
     """
     targets = dict(targets or {})
     names = list(regressor.hparams.targets)
@@ -95,13 +96,39 @@ def property_errors(
     if unknown:
         raise ValueError(f"the regressor predicts {', '.join(names)}; it cannot score {', '.join(unknown)}")
     pred = predict_properties(regressor, mols, device=device)
-    out = {}
+    out, scored = {}, {}
     for k, name in enumerate(names):
         if name in targets:
-            out[f"mae_{name}"] = property_mae(pred[:, k], float(targets[name]))
+            target = torch.full_like(pred[:, k], float(targets[name]))
         elif all(mol.HasProp(name) for mol in mols):
-            out[f"mae_{name}"] = property_mae(pred[:, k], torch.tensor([float(mol.GetProp(name)) for mol in mols]))
+            target = torch.tensor([float(mol.GetProp(name)) for mol in mols], dtype=pred.dtype)
+        else:
+            continue
+        out[f"mae_{name}"] = property_mae(pred[:, k], target)
+        scored[name] = (pred[:, k], target, regressor.hparams.units[k])
+    if plot is not None and scored:
+        plot_property_histograms(scored, plot)
     return out
+
+
+def plot_property_histograms(scored: Mapping[str, tuple], path) -> None:
+    """Histogram of each predicted property, with the conditioning target(s) marked, into one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(scored), figsize=(4.5 * len(scored), 3.2), squeeze=False)
+    for ax, (name, (pred, target, unit)) in zip(axes[0], scored.items()):
+        ax.hist(pred.numpy(), bins=30, alpha=0.7, label="predicted (regressor)")
+        for value in sorted(set(target.tolist()))[:5]:
+            ax.axvline(value, color="k", ls="--", lw=1)
+        ax.set(xlabel=f"{name} ({unit})", ylabel="molecules", title=f"{name}: target dashed")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_write(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110)
+    plt.close(fig)
 
 
 def print_metrics(metrics: Mapping[str, float], title: str) -> None:

@@ -102,7 +102,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     draw_grid(shown, png, [_legend(k, m, task.hparams.condition) for k, m in enumerate(shown)])
     metrics = molecule_metrics(mols)
     if cfg.regressor:
-        metrics.update(property_errors(load_regressor(cfg.regressor, device), mols, device=device))
+        histogram = output.with_name(output.stem + "_property.png")
+        metrics.update(property_errors(load_regressor(cfg.regressor, device), mols, device=device, plot=histogram))
     metrics["molecules_per_second"] = len(mols) / seconds
     what = ", ".join(f"{k}={v}" for k, v in condition.items()) or "unconditional"
     print_metrics(metrics, f"Generated {len(mols)} molecules ({what}) -> {output}, {png}:")

@@ -114,6 +114,7 @@ def test_property_mae_through_the_regressor(checkpoint, regressor, tmp_path):
         pred = torch.cat([reg(*_graph(m)) for m in mols])
     gap_mae = (pred[:, 0] - 6.8).abs().mean().item()
     assert generated["mae_gap"] == pytest.approx(gap_mae, rel=1e-4) and "mae_mu" not in generated
+    assert (tmp_path / "mols_property.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert evaluated["mae_gap"] == pytest.approx(gap_mae, rel=1e-4)
     assert evaluated["mae_mu"] == pytest.approx((pred[:, 1] - 1.5).abs().mean().item(), rel=1e-4)
 
