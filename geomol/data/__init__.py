@@ -2,6 +2,7 @@
 
 from .datamodule import GraphDataModule, QM9DataModule
 from .generation import QM9GenerationDataModule
+from .images import MNISTAffineDataModule, affine_digits, load_mnist
 from .nbody import NBody, NBodyDataModule
 from .qm9 import QM9, TARGETS, UNITS
 from .rmd17 import RMD17, RMD17DataModule
@@ -17,4 +18,7 @@ __all__ = [
     "QM9GenerationDataModule",
     "RMD17DataModule",
     "NBodyDataModule",
+    "MNISTAffineDataModule",
+    "load_mnist",
+    "affine_digits",
 ]

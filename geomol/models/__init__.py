@@ -1,5 +1,6 @@
 """Complete networks, built only from :mod:`geomol.nn` pieces."""
 
+from .affine_cnn import AffineCNN, PlainCNN
 from .dimenet import DimeNet, DimeNetPlusPlus
 from .gaunt_net import GauntNet
 from .ponita import Ponita, PonitaDynamics, PonitaNet
@@ -7,4 +8,4 @@ from .propmolflow import PropMolFlow
 from .regressor import GVPRegressor
 from .schnet import SchNet
 
-__all__ = ["SchNet", "DimeNet", "DimeNetPlusPlus", "GauntNet", "Ponita", "PonitaNet", "PonitaDynamics", "PropMolFlow", "GVPRegressor"]
+__all__ = ["SchNet", "DimeNet", "DimeNetPlusPlus", "GauntNet", "Ponita", "PonitaNet", "PonitaDynamics", "PropMolFlow", "GVPRegressor", "AffineCNN", "PlainCNN"]

@@ -22,6 +22,18 @@ from .gaunt import (
 )
 from .graph import Triplets, edge_vectors, full_graph, radius_graph, triplets
 from .gvp import GVP, GVPConv, GVPEdgeUpdate, GVPLayerNorm, GVPPositionUpdate
+from .liegroup import (
+    GL2,
+    SL2,
+    GroupConv,
+    GroupLayerNorm,
+    LiftingConv,
+    LinearGroup2,
+    SirenKernel,
+    get_group,
+    pool_group,
+    pool_spatial,
+)
 from .ponita import (
     ConvNextBlock,
     FiberBundleConv,
@@ -82,6 +94,17 @@ __all__ = [
     "PointConv",
     "FiberBundleConv",
     "ConvNextBlock",
+    # Lie-group affine convolutions
+    "GL2",
+    "SL2",
+    "LinearGroup2",
+    "get_group",
+    "LiftingConv",
+    "GroupConv",
+    "GroupLayerNorm",
+    "SirenKernel",
+    "pool_group",
+    "pool_spatial",
     # GVP
     "GVP",
     "GVPConv",

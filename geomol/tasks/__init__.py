@@ -2,7 +2,8 @@
 
 from .callbacks import TrainingCurves
 from .generation import GenerationTask
+from .image import ImageTask
 from .nbody import NBodyTask
 from .property import PropertyTask
 
-__all__ = ["PropertyTask", "GenerationTask", "NBodyTask", "TrainingCurves"]
+__all__ = ["PropertyTask", "GenerationTask", "NBodyTask", "ImageTask", "TrainingCurves"]

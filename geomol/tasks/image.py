@@ -8,14 +8,16 @@ import hydra
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
+
+from ..checkpoints import GeomolTaskMixin
+from .base import build_optimizers, plain_config
 
 __all__ = ["ImageTask"]
 
 
-class ImageTask(pl.LightningModule):
+class ImageTask(GeomolTaskMixin, pl.LightningModule):
     """Cross-entropy classification of images ``[B, C, H, W]`` by any network ``net(images) -> logits``.
 
     The network is built here from its config, ``hydra.utils.instantiate(net, num_classes=...)``, and
@@ -49,10 +51,7 @@ class ImageTask(pl.LightningModule):
     ) -> None:
         super().__init__()
         # Plain containers in the hyper-parameters: torch.load(weights_only=True) refuses DictConfig.
-        net, optimizer, scheduler = (
-            OmegaConf.to_container(c, resolve=True) if isinstance(c, DictConfig) else c
-            for c in (net, optimizer, scheduler)
-        )
+        net, optimizer, scheduler = (plain_config(c) for c in (net, optimizer, scheduler))
         for key, value in net_settings.items():
             if key not in net or net[key] != value:
                 raise ValueError(
@@ -95,15 +94,5 @@ class ImageTask(pl.LightningModule):
         return self._step(batch, "test")
 
     def configure_optimizers(self) -> Any:
-        optimizer = hydra.utils.instantiate(self.hparams.optimizer)(params=self.parameters())
-        if self.hparams.scheduler is None:
-            return optimizer
-        scheduler = hydra.utils.instantiate(self.hparams.scheduler)(optimizer=optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {
-                "scheduler": scheduler,
-                "interval": self.hparams.scheduler_interval,
-                "monitor": self.hparams.monitor,
-            },
-        }
+        hp = self.hparams
+        return build_optimizers(self, hp.optimizer, hp.scheduler, hp.scheduler_interval, hp.monitor)
