@@ -21,7 +21,7 @@ demo: setup
 	$(PY) train.py experiment=demo
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 lint: setup
 	$(PY) -m ruff check geomol tests bench train.py
