@@ -48,6 +48,7 @@ from .ponita import (
     spherical_grid,
 )
 from .radial import BesselBasis, CosineCutoff, GaussianBasis, PolynomialEnvelope
+from .triplet_sum import TripletSum
 
 __all__ = [
     # graphs (pure torch)
@@ -82,6 +83,7 @@ __all__ = [
     "InteractionPPBlock",
     "OutputBlock",
     "OutputPPBlock",
+    "TripletSum",
     # PONITA
     "distance_invariants",
     "point_invariants",

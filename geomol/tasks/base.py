@@ -8,8 +8,11 @@ from typing import Any
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch import Tensor
 
-__all__ = ["plain_config", "build_optimizers"]
+from ..checkpoints import GeomolTaskMixin
+
+__all__ = ["plain_config", "build_optimizers", "GeomolTask"]
 
 
 def plain_config(cfg: Any) -> Any:
@@ -27,3 +30,24 @@ def build_optimizers(
         return opt
     sched = instantiate(scheduler)(optimizer=opt)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval, "monitor": monitor}}
+
+
+class GeomolTask(GeomolTaskMixin, pl.LightningModule):
+    """Base of geomol's tasks: one ``_step(batch, stage)`` serves training, validation and test, and the
+    optimizer comes from the ``optimizer``/``scheduler`` hyper-parameters. Checkpoints name the class."""
+
+    def _step(self, batch, stage: str) -> Tensor:  # pragma: no cover - implemented by each task
+        raise NotImplementedError
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        return build_optimizers(self, hp.optimizer, hp.scheduler, hp.scheduler_interval, hp.monitor)

@@ -11,20 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from rdkit import Chem
 from torch import Tensor
 
-from geomol.checkpoints import GeomolTaskMixin
 from geomol.data.chem import ATOMIC_NUMBERS, ELEMENTS, mol_from_graph
 from geomol.flows.bonds import bonds_from_pairs, pair_bond_types, upper_pairs
 from geomol.flows.molecule import MODALITIES, MolecularFlow, MoleculeState
 from geomol.flows.sampler import AtomCounts, euler_sample, split_molecules
 from geomol.metrics.summary import molecule_metrics
 from geomol.metrics.validity import sanitized
-from geomol.tasks.base import build_optimizers, plain_config
+from geomol.tasks.base import GeomolTask, plain_config
 
 __all__ = ["GenerationTask", "CHARGES"]
 
@@ -34,7 +32,7 @@ DEFAULT_LOSS_WEIGHTS = {"x": 3.0, "a": 0.4, "c": 1.0, "e": 2.0}
 DEFAULT_SAMPLING = {"steps": 100, "eta": 10.0, "temperature": 0.05, "batch_size": 128}
 
 
-class GenerationTask(GeomolTaskMixin, pl.LightningModule):
+class GenerationTask(GeomolTask):
     """Flow matching over positions, atom types, formal charges and bond orders, optionally conditioned.
 
     Args:
@@ -192,15 +190,6 @@ class GenerationTask(GeomolTaskMixin, pl.LightningModule):
             )
         return losses["loss"]
 
-    def training_step(self, batch, batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "test")
-
     def on_validation_epoch_end(self) -> None:
         every = self.hparams.sample_every_n_epochs
         if self.hparams.val_molecules <= 0 or self.trainer.sanity_checking or (self.current_epoch + 1) % every:
@@ -210,11 +199,6 @@ class GenerationTask(GeomolTaskMixin, pl.LightningModule):
         metrics = molecule_metrics(mols)
         del metrics["molecules"]
         self.log_dict({f"val/{key}": value for key, value in metrics.items()}, sync_dist=True)
-
-    def configure_optimizers(self):
-        return build_optimizers(
-            self, self.hparams.optimizer, self.hparams.scheduler, self.hparams.scheduler_interval, self.hparams.monitor
-        )
 
     # ------------------------------------------------------------------ sampling
     def _condition_values(self, condition: Mapping[str, float | Sequence[float]] | None, num: int) -> Tensor | None:

@@ -5,19 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 import hydra
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
-from ..checkpoints import GeomolTaskMixin
-from .base import build_optimizers, plain_config
+from .base import GeomolTask, plain_config
 
 __all__ = ["ImageTask"]
 
 
-class ImageTask(GeomolTaskMixin, pl.LightningModule):
+class ImageTask(GeomolTask):
     """Cross-entropy classification of images ``[B, C, H, W]`` by any network ``net(images) -> logits``.
 
     The network is built here from its config, ``hydra.utils.instantiate(net, num_classes=...)``, and
@@ -83,16 +81,3 @@ class ImageTask(GeomolTaskMixin, pl.LightningModule):
         self.log(f"{stage}/loss", loss, on_step=train, on_epoch=not train, prog_bar=True, batch_size=len(labels))
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels))
         return loss
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "val")
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "test")
-
-    def configure_optimizers(self) -> Any:
-        hp = self.hparams
-        return build_optimizers(self, hp.optimizer, hp.scheduler, hp.scheduler_interval, hp.monitor)

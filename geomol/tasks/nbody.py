@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import pytorch_lightning as pl
 from hydra.utils import instantiate
 from torch import Tensor
 
-from ..checkpoints import GeomolTaskMixin
-from .base import build_optimizers, plain_config
+from .base import GeomolTask, plain_config
 
 __all__ = ["NBodyTask"]
 
 
-class NBodyTask(GeomolTaskMixin, pl.LightningModule):
+class NBodyTask(GeomolTask):
     """Regress future positions with a mean squared error (EGNN/SEGNN/PONITA's N-body protocol).
 
     The network maps ``(pos, vel, charge, batch)`` to predicted positions ``[N, 3]``, e.g.
@@ -62,17 +60,3 @@ class NBodyTask(GeomolTaskMixin, pl.LightningModule):
         loss = (pred - batch.y).pow(2).mean()
         self.log(f"{stage}/loss", loss.detach(), batch_size=batch.num_graphs, prog_bar=stage != "test")
         return loss
-
-    def training_step(self, batch, batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "test")
-
-    def configure_optimizers(self):
-        return build_optimizers(
-            self, self.hparams.optimizer, self.hparams.scheduler, self.hparams.scheduler_interval, self.hparams.monitor
-        )

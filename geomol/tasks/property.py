@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from torch import Tensor
 from torch_geometric.utils import scatter
 
-from ..checkpoints import GeomolTaskMixin
-from .base import build_optimizers, plain_config
+from .base import GeomolTask, plain_config
 
 __all__ = ["PropertyTask", "report_scale"]
 
@@ -41,7 +39,7 @@ def check_molecule_input(z: Tensor, pos: Tensor, elements: Sequence[int] | None)
             )
 
 
-class PropertyTask(GeomolTaskMixin, pl.LightningModule):
+class PropertyTask(GeomolTask):
     """Regress graph-level targets, or an energy and its forces ``F = −∂E/∂pos``.
 
     The network predicts standardized targets; the task maps them back to physical units with the
@@ -180,15 +178,6 @@ class PropertyTask(GeomolTaskMixin, pl.LightningModule):
                 self.log(f"{stage}/mae_{name}", errors[name].mean() * scale, batch_size=num_graphs, prog_bar=True)
         return loss.float()
 
-    def training_step(self, batch, batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "test")
-
     def metric_units(self) -> dict[str, str]:
         """Units of the logged MAE metrics, for printing results."""
         out = {f"mae_{t}": report_scale(u)[1] for t, u in zip(self.hparams.targets, self.hparams.units)}
@@ -197,7 +186,3 @@ class PropertyTask(GeomolTaskMixin, pl.LightningModule):
         return out
 
     # ------------------------------------------------------------------ optimisation
-    def configure_optimizers(self):
-        return build_optimizers(
-            self, self.hparams.optimizer, self.hparams.scheduler, self.hparams.scheduler_interval, self.hparams.monitor
-        )
