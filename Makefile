@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(PY) train.py experiment=demo
+	mkdir -p outputs
+	$(PY) -m geomol.generate ckpt=pretrained/propmolflow_qm9_gap_cpu/model.ckpt num_molecules=24 output=outputs/demo_molecules.sdf condition.gap=6.8
 
 test: setup
 	$(PY) -m pytest -q --durations=15
