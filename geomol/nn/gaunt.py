@@ -402,6 +402,14 @@ def _check_feature(name: str, t: Tensor, channels: int, lmax: int) -> None:
         raise ValueError(f"{name} must have shape [N, {expected[0]}, {expected[1]}], got {tuple(t.shape)}")
 
 
+def _check_pair(x: Tensor, y: Tensor, channels: int, lmax_in1: int, lmax_in2: int) -> None:
+    """Shapes of the two inputs of a binary product: each a feature field, same leading shape."""
+    _check_feature("x", x, channels, lmax_in1)
+    _check_feature("y", y, channels, lmax_in2)
+    if x.shape[:-2] != y.shape[:-2]:
+        raise ValueError(f"x and y must have the same leading shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+
+
 def sh_irreps(channels: int, lmax: int, pseudo: bool = False):
     """e3nn irreps of a ``[N, channels, (lmax+1)²]`` feature: ``"Cx0e+Cx1o+…"`` (``"Cx0o+Cx1e+…"`` if pseudo)."""
     from e3nn import o3
@@ -491,10 +499,7 @@ class GauntTensorProduct(nn.Module):
         Shapes:
             x ``[N, C, (lmax_in1+1)²]``, y ``[N, C, (lmax_in2+1)²]`` -> ``[N, C, (lmax_out+1)²]``.
         """
-        _check_feature("x", x, self.channels, self.lmax_in1)
-        _check_feature("y", y, self.channels, self.lmax_in2)
-        if x.shape[:-2] != y.shape[:-2]:
-            raise ValueError(f"x and y must have the same leading shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        _check_pair(x, y, self.channels, self.lmax_in1, self.lmax_in2)
         weights = (self.weight_in1, self.weight_in2, self.weight_out) if self.weighted else (None,) * 3
         t = self.transforms
         return _GauntProduct.apply(
@@ -557,10 +562,7 @@ class GauntCrossProduct(nn.Module):
         Shapes:
             x ``[N, C, (lmax_in1+1)²]``, y ``[N, C, (lmax_in2+1)²]`` -> ``[N, C, (lmax_out+1)²]``.
         """
-        _check_feature("x", x, self.channels, self.lmax_in1)
-        _check_feature("y", y, self.channels, self.lmax_in2)
-        if x.shape[:-2] != y.shape[:-2]:
-            raise ValueError(f"x and y must have the same leading shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        _check_pair(x, y, self.channels, self.lmax_in1, self.lmax_in2)
         if self.weighted:
             x, y = self.weight_in1(x), self.weight_in2(y)
         x2, y2 = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
