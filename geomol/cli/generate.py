@@ -57,6 +57,7 @@ def draw_grid(mols: Sequence[Chem.Mol], path: str | Path, legends: Sequence[str]
         subImgSize=(250, 250),
         legends=list(legends),
         drawOptions=_draw_options(),
+        returnPNG=False,  # inside Jupyter RDKit swaps in a renderer that would return an IPython image
     )
     with atomic_write(path, "wb") as handle:
         image.save(handle, format="PNG")

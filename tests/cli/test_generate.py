@@ -9,6 +9,7 @@ from rdkit import Chem
 
 from geomol.cli.evaluate import main as evaluate_main
 from geomol.cli.evaluate import read_molecules
+from geomol.cli.generate import draw_grid
 from geomol.cli.generate import main as generate_main
 from geomol.data.datamodule import QM9DataModule
 from geomol.data.generation import QM9GenerationDataModule
@@ -191,3 +192,14 @@ def test_evaluate_malformed_and_missing_sdf(tmp_path, capsys):
             evaluate_main([f"sdf={path}"])
         assert exit_info.value.code == 2
         assert capsys.readouterr().err.strip().splitlines()[-1] == message
+
+
+def test_draw_grid_inside_jupyter(tmp_path):
+    # In a Jupyter kernel RDKit replaces Draw.MolsToGridImage with a renderer returning IPython images.
+    console = pytest.importorskip("rdkit.Chem.Draw.IPythonConsole")
+    console.InstallIPythonRenderer()
+    try:
+        draw_grid([Chem.MolFromSmiles("CCO"), Chem.MolFromSmiles("C=O")], tmp_path / "grid.png", ["#0", "#1"])
+    finally:
+        console.UninstallIPythonRenderer()
+    assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
