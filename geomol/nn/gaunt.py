@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
+from . import gaunt_kernel
 from .graph import edge_vectors
 from .radial import BesselBasis
 
@@ -314,15 +315,26 @@ def _channel_sum(a: Tensor, b: Tensor, channels: int) -> Tensor:
 class _GauntProduct(torch.autograd.Function):
     """``w3 ⊙ Γ(w1 ⊙ x, w2 ⊙ y)`` for rows ``x [R, K1]``, ``y [R, K2]`` -> ``[R, K3]``, chunked over rows.
 
-    Weights ``[C, K]`` (or None) act on row ``r``'s channel ``r % C``; they are folded into the gathers and
-    copies of the transforms. The grids of both inputs are kept for a first-order backward, which then costs
-    one transform to and two from the grid. Under ``create_graph`` the gradients are computed as Gaunt
-    products instead (Γ is symmetric in its three indices), which keeps them differentiable.
+    Weights ``[C, K]`` (or None) act on row ``r``'s channel ``r % C``. On CPUs the fused kernel
+    (:mod:`geomol.nn.gaunt_kernel`) computes the product with the weights folded in, and the backward is two
+    more Gaunt products (Γ is symmetric in its three indices, so ``∂/∂x`` is the product of the output gradient
+    with ``y`` projected on ``x``'s degrees), which also keeps every order of derivative exact.
+    The torch path (GPUs, no C compiler) folds the weights into the gathers and copies of the transforms and
+    keeps the grids of both inputs for a first-order backward, which then costs one transform to and two from
+    the grid; under ``create_graph`` it computes the gradients as Gaunt products too.
     """
 
     @staticmethod
     def forward(ctx, x, y, w1, w2, w3, t1, t2, t3):
         channels = next((w.shape[0] for w in (w1, w2, w3) if w is not None), 1)
+        ctx.transforms, ctx.channels = (t1, t2, t3), channels
+        ctx.fused = gaunt_kernel.available(x, y)
+        if ctx.fused:
+            # The unscaled product is kept when w3 needs a gradient: ∂L/∂w3 = Σ_rows grad ⊙ u.
+            lmaxes = (t1.lmax, t2.lmax, t3.lmax)
+            out, ctx.u = gaunt_kernel.forward(x, y, lmaxes, t1.degree, w1, w2, w3, raw=ctx.needs_input_grad[4])
+            ctx.save_for_backward(x, y, w1, w2, w3)
+            return out
         chunk = max(1, t1.chunk_rows() // channels) * channels
         keep = any(ctx.needs_input_grad[:5])
         out = x.new_empty(x.shape[0], t3.dim)
@@ -336,8 +348,8 @@ class _GauntProduct(torch.autograd.Function):
                 grids.append((f, g))
                 projections.append(u if ctx.needs_input_grad[4] else None)
         ctx.save_for_backward(x, y, w1, w2, w3)
-        ctx.transforms, ctx.grids, ctx.projections = (t1, t2, t3), grids, projections
-        ctx.channels, ctx.chunk, ctx.grids_used = channels, chunk, False
+        ctx.grids, ctx.projections = grids, projections
+        ctx.chunk, ctx.grids_used = chunk, False
         return out
 
     @staticmethod
@@ -361,6 +373,13 @@ class _GauntProduct(torch.autograd.Function):
                 None,
                 None,
             )
+        if ctx.fused:
+            # ∂L/∂x = w1 ⊙ Γ(w3 ⊙ grad, w2 ⊙ y) projected on x's degrees, ∂L/∂w1 = Σ_rows Γ(…) ⊙ x, and the same
+            # for y, in one pass of the kernel that shares the Legendre step of grad.
+            lmaxes = (t1.lmax, t2.lmax, t3.lmax)
+            needs = (need_x, need_y, need_w1, need_w2, need_w3)
+            grads = gaunt_kernel.backward(grad, x, y, ctx.u, lmaxes, t1.degree, (w1, w2, w3), needs, channels)
+            return *grads, None, None, None
         gx = torch.empty_like(x) if need_x else None
         gy = torch.empty_like(y) if need_y else None
         gw = [torch.zeros_like(w) if need else None for w, need in ((w1, need_w1), (w2, need_w2), (w3, need_w3))]

@@ -1,4 +1,6 @@
 import math
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -21,6 +23,18 @@ from geomol.nn.graph import radius_graph
 from geomol.testing import assert_equivariant, irreps_rotation, random_rotation, sh_rotation
 
 F64 = torch.float64
+
+
+@pytest.fixture(params=["kernel", "torch"])
+def path(request, monkeypatch) -> str:
+    """Run a test through the fused CPU kernel and through the torch-only path (GPUs, no compiler)."""
+    if request.param == "torch":
+        monkeypatch.setattr(gaunt.gaunt_kernel, "available", lambda *tensors: False)
+    elif shutil.which(os.environ.get("CXX", "c++")) is None:
+        pytest.skip("no C++ compiler here: only the torch path runs")
+    else:
+        assert gaunt.gaunt_kernel.available(torch.zeros(1)), "the fused Gaunt kernel did not build"
+    return request.param
 
 
 def sphere_quadrature(n_theta: int = 24, n_phi: int = 48) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,7 +77,7 @@ DEGREES = [(l, l, l) for l in range(7)] + [(0, 3, 3), (2, 1, 3), (4, 2, 5), (6, 
 
 
 @pytest.mark.parametrize("l1,l2,l3", DEGREES)
-def test_unweighted_product_is_exact_projection_of_f_times_g(l1, l2, l3, generator):
+def test_unweighted_product_is_exact_projection_of_f_times_g(l1, l2, l3, generator, path):
     tp = GauntTensorProduct(l1, l2, l3, channels=3, weighted=False).double()
     x = torch.randn(5, 3, (l1 + 1) ** 2, generator=generator, dtype=F64)
     y = torch.randn(5, 3, (l2 + 1) ** 2, generator=generator, dtype=F64)
@@ -73,7 +87,7 @@ def test_unweighted_product_is_exact_projection_of_f_times_g(l1, l2, l3, generat
 
 
 @pytest.mark.parametrize("lmax", [2, 5])
-def test_dense_and_separable_transforms_agree_and_chunks_do_not_matter(lmax, generator, monkeypatch):
+def test_dense_and_separable_transforms_agree_and_chunks_do_not_matter(lmax, generator, monkeypatch, path):
     x = torch.randn(300, (lmax + 1) ** 2, generator=generator, dtype=F64)
     y = torch.randn(300, (lmax + 1) ** 2, generator=generator, dtype=F64)
     outs = []
@@ -165,7 +179,7 @@ def _rotate(x, R, lmax, pseudo=False):
 
 
 @pytest.mark.parametrize("l1,l2,l3", [(1, 2, 3), (5, 5, 5)])  # dense and separable
-def test_products_are_o3_equivariant(l1, l2, l3, generator):
+def test_products_are_o3_equivariant(l1, l2, l3, generator, path):
     modules = [GauntTensorProduct(l1, l2, l3, channels=2), GauntCrossProduct(l1, l2, l3, channels=2)]
     x = torch.randn(6, 2, (l1 + 1) ** 2, generator=generator, dtype=F64)
     y = torch.randn(6, 2, (l2 + 1) ** 2, generator=generator, dtype=F64)
@@ -194,7 +208,7 @@ def test_weights_start_at_the_unweighted_product_and_act_per_degree(generator):
 
 
 @pytest.mark.parametrize("l1,l2,l3", [(2, 1, 2), (5, 3, 5)])  # dense and separable
-def test_gradients_first_and_second_order(l1, l2, l3, generator, monkeypatch):
+def test_gradients_first_and_second_order(l1, l2, l3, generator, monkeypatch, path):
     """Inputs and the three weights, with rows split over several chunks of whole channel groups."""
     monkeypatch.setattr(gaunt, "_CHUNK_BYTES", 64)  # chunk_rows() = 64 -> 64 rows = 32 nodes x 2 channels
     tp = GauntTensorProduct(l1, l2, l3, channels=2).double()

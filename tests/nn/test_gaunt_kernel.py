@@ -1,0 +1,98 @@
+"""The fused CPU kernel against geomol's torch-only Gaunt path, and its build and fallback."""
+
+import os
+import shutil
+
+import pytest
+import torch
+
+from geomol.nn import gaunt, gaunt_kernel
+from geomol.nn.gaunt import GauntTensorProduct
+
+pytestmark = pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "c++")) is None, reason="no C++ compiler: geomol uses the torch path"
+)
+
+
+def product_and_gradients(tp, x, y, grad, fused):
+    """Output and the gradients of x, y and the three weights, through the kernel or the torch path."""
+    available = gaunt_kernel.available
+    gaunt.gaunt_kernel.available = available if fused else (lambda *tensors: False)
+    try:
+        inputs = [x.clone().requires_grad_(True), y.clone().requires_grad_(True)]
+        params = [tp.weight_in1.weight, tp.weight_in2.weight, tp.weight_out.weight]
+        out = tp(*inputs)
+        grads = torch.autograd.grad(out, inputs + params, grad)
+    finally:
+        gaunt.gaunt_kernel.available = available
+    return out.detach(), grads
+
+
+@pytest.mark.parametrize("l1,l2,l3", [(0, 0, 0), (1, 1, 1), (2, 2, 2), (3, 1, 2), (1, 3, 4), (6, 6, 6), (2, 5, 1)])
+def test_kernel_matches_torch_path_in_float64(l1, l2, l3):
+    """Forward and all five gradients; 45 rows × 3 channels is not a multiple of the kernel's 32-row tile."""
+    g = torch.Generator().manual_seed(l1 * 100 + l2 * 10 + l3)
+    tp = GauntTensorProduct(l1, l2, l3, channels=3).double()
+    for p in tp.parameters():
+        p.data.uniform_(0.5, 1.5, generator=g)
+    x = torch.randn(45, 3, (l1 + 1) ** 2, generator=g, dtype=torch.float64)
+    y = torch.randn(45, 3, (l2 + 1) ** 2, generator=g, dtype=torch.float64)
+    grad = torch.randn(45, 3, (l3 + 1) ** 2, generator=g, dtype=torch.float64)
+    out, grads = product_and_gradients(tp, x, y, grad, fused=True)
+    ref_out, ref_grads = product_and_gradients(tp, x, y, grad, fused=False)
+    torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
+    for name, a, b in zip(["x", "y", "w1", "w2", "w3"], grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11, msg=lambda m, name=name: f"d/d{name}: {m}")
+
+
+def test_kernel_in_float32_and_with_threads():
+    g = torch.Generator().manual_seed(1)
+    tp = GauntTensorProduct(4, 3, 4, channels=5)
+    x = torch.randn(101, 5, 25, generator=g)
+    y = torch.randn(101, 5, 16, generator=g)
+    grad = torch.randn(101, 5, 25, generator=g)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # per-thread partial sums of the weight gradients are added at the end
+        out, grads = product_and_gradients(tp, x, y, grad, fused=True)
+    finally:
+        torch.set_num_threads(threads)
+    ref_out, ref_grads = product_and_gradients(tp.double(), x.double(), y.double(), grad.double(), fused=False)
+    torch.testing.assert_close(out, ref_out.float(), rtol=1e-4, atol=1e-4)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b.float(), rtol=1e-4, atol=2e-3)
+
+
+def test_plan_groups_every_coupling_once():
+    """The grouped K entries reproduce the exact φ integrals of three real Fourier modes."""
+    p = gaunt_kernel.plan(3, 2, 4, 9, torch.float64)
+    start, gstart = p["start"].long(), p["gstart"].long()
+    rebuilt = torch.zeros(9, 7, 5, dtype=torch.float64)
+    for m3 in range(9):
+        for group in range(start[m3], start[m3 + 1]):
+            for q in range(gstart[group], gstart[group + 1]):
+                rebuilt[m3, p["m1"][q], p["m2"][q]] += p["coef"][group]
+    fourier = [gaunt.SphericalGridTransform(lmax, 9)._tables()["fourier"] for lmax in (3, 2, 4)]
+    expected = torch.einsum("ja,jb,jc->cab", *fourier)
+    expected[expected.abs() < 1e-13] = 0
+    torch.testing.assert_close(rebuilt, expected, rtol=1e-12, atol=1e-14)
+    assert torch.unique(p["coef"].abs().round(decimals=12)).numel() <= 2  # 1/(2√π) and 1/√(2π)
+
+
+def test_build_is_cached_and_a_missing_compiler_falls_back(tmp_path, monkeypatch):
+    monkeypatch.setenv("GEOMOL_CACHE", str(tmp_path))
+    gaunt_kernel._library.cache_clear()
+    try:
+        assert gaunt_kernel.available(torch.zeros(1))
+        assert len(list((tmp_path / "kernels").glob("gaunt_product_*.so"))) == 1
+        gaunt_kernel._library.cache_clear()
+        monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+        with pytest.warns(RuntimeWarning, match="torch-only path"):
+            assert not gaunt_kernel.available(torch.zeros(1))
+        tp = GauntTensorProduct(2, 2, 2, channels=2)
+        assert tp(torch.randn(3, 2, 9), torch.randn(3, 2, 9)).shape == (3, 2, 9)  # the torch path still works
+        gaunt_kernel._library.cache_clear()
+        monkeypatch.setenv("GEOMOL_GAUNT_KERNEL", "0")
+        assert not gaunt_kernel.available(torch.zeros(1))
+    finally:
+        gaunt_kernel._library.cache_clear()
