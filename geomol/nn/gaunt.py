@@ -158,6 +158,7 @@ class SphericalGridTransform(nn.Module):
         # Row-major GEMMs with a narrow output are several times slower than with 16 columns (MKL), so the
         # dense projection writes rows padded to a multiple of 16 and callers keep the first ``dim``.
         self.width = self.dim if separable else -(-self.dim // 16) * 16
+        self.register_buffer("degrees", _degree_index(lmax), persistent=False)  # degree of each coefficient
         self._build(torch.get_default_dtype(), None)
 
     def _tables(self) -> dict[str, Tensor]:
@@ -307,6 +308,11 @@ def _scale_rows(t: Tensor, scale: Tensor | None, out: Tensor | None = None) -> T
     return out
 
 
+def _degree_sum(g: Tensor, transform: SphericalGridTransform) -> Tensor:
+    """Per-coefficient weight gradient ``[C, (L+1)²]`` -> per-degree ``[C, L+1]`` (sum over orders ``m``)."""
+    return g.new_zeros(g.shape[0], transform.lmax + 1).index_add(1, transform.degrees, g)
+
+
 def _channel_sum(a: Tensor, b: Tensor, channels: int) -> Tensor:
     """``Σ_n a ⊙ b`` over the rows of each channel: ``[R, K]`` x2 -> ``[C, K]``."""
     return (a * b).view(-1, channels, a.shape[-1]).sum(0)
@@ -315,7 +321,9 @@ def _channel_sum(a: Tensor, b: Tensor, channels: int) -> Tensor:
 class _GauntProduct(torch.autograd.Function):
     """``w3 ⊙ Γ(w1 ⊙ x, w2 ⊙ y)`` for rows ``x [R, K1]``, ``y [R, K2]`` -> ``[R, K3]``, chunked over rows.
 
-    Weights ``[C, K]`` (or None) act on row ``r``'s channel ``r % C``. On CPUs the fused kernel
+    Weights ``[C, L+1]`` (per channel and degree, or None) act on row ``r``'s channel ``r % C``; they are
+    expanded to coefficients here, outside autograd, and their gradients summed back over orders ``m``, so a
+    weighted product adds no indexing nodes to the graph. On CPUs the fused kernel
     (:mod:`geomol.nn.gaunt_kernel`) computes the product with the weights folded in, and the backward is two
     more Gaunt products (Γ is symmetric in its three indices, so ``∂/∂x`` is the product of the output gradient
     with ``y`` projected on ``x``'s degrees), which also keeps every order of derivative exact.
@@ -329,11 +337,12 @@ class _GauntProduct(torch.autograd.Function):
         channels = next((w.shape[0] for w in (w1, w2, w3) if w is not None), 1)
         ctx.transforms, ctx.channels = (t1, t2, t3), channels
         ctx.fused = gaunt_kernel.available(x, y)
+        per_degree = (w1, w2, w3)
+        w1, w2, w3 = (None if w is None else w.index_select(1, t.degrees) for w, t in ((w1, t1), (w2, t2), (w3, t3)))
         if ctx.fused:
-            # The unscaled product is kept when w3 needs a gradient: ∂L/∂w3 = Σ_rows grad ⊙ u.
-            lmaxes = (t1.lmax, t2.lmax, t3.lmax)
-            out, ctx.u = gaunt_kernel.forward(x, y, lmaxes, t1.degree, w1, w2, w3, raw=ctx.needs_input_grad[4])
-            ctx.save_for_backward(x, y, w1, w2, w3)
+            out = gaunt_kernel.forward(x, y, (t1.lmax, t2.lmax, t3.lmax), t1.degree, w1, w2, w3)
+            # The output is kept for ∂L/∂w3 = Σ_rows grad ⊙ out / w3 (no second [rows, K] buffer).
+            ctx.save_for_backward(x, y, *per_degree, out if ctx.needs_input_grad[4] else None)
             return out
         chunk = max(1, t1.chunk_rows() // channels) * channels
         keep = any(ctx.needs_input_grad[:5])
@@ -347,39 +356,43 @@ class _GauntProduct(torch.autograd.Function):
             if keep:
                 grids.append((f, g))
                 projections.append(u if ctx.needs_input_grad[4] else None)
-        ctx.save_for_backward(x, y, w1, w2, w3)
+        ctx.save_for_backward(x, y, *per_degree, None)
         ctx.grids, ctx.projections = grids, projections
         ctx.chunk, ctx.grids_used = chunk, False
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        x, y, w1, w2, w3 = ctx.saved_tensors
+        x, y, wd1, wd2, wd3, out = ctx.saved_tensors
         t1, t2, t3 = ctx.transforms
         need_x, need_y, need_w1, need_w2, need_w3 = ctx.needs_input_grad[:5]
         channels, grad = ctx.channels, grad.contiguous()
         if torch.is_grad_enabled():
+            # Differentiable: Gaunt products again (per-degree weights, roles permuted) and autograd-tracked
+            # expansion and reduction of the weights.
             apply = _GauntProduct.apply
-            gxu = apply(grad, y, w3, w2, None, t3, t2, t1) if need_x or need_w1 else None  # ∂/∂(w1 ⊙ x)
-            gyu = apply(grad, x, w3, w1, None, t3, t1, t2) if need_y or need_w2 else None
-            u = apply(x, y, w1, w2, None, t1, t2, t3) if need_w3 else None
+            gxu = apply(grad, y, wd3, wd2, None, t3, t2, t1) if need_x or need_w1 else None  # ∂/∂(w1 ⊙ x)
+            gyu = apply(grad, x, wd3, wd1, None, t3, t1, t2) if need_y or need_w2 else None
+            u = apply(x, y, wd1, wd2, None, t1, t2, t3) if need_w3 else None
             return (
-                _scale_rows(gxu, w1) if need_x else None,
-                _scale_rows(gyu, w2) if need_y else None,
-                _channel_sum(gxu, x, channels) if need_w1 else None,
-                _channel_sum(gyu, y, channels) if need_w2 else None,
-                _channel_sum(grad, u, channels) if need_w3 else None,
+                _scale_rows(gxu, None if wd1 is None else wd1.index_select(1, t1.degrees)) if need_x else None,
+                _scale_rows(gyu, None if wd2 is None else wd2.index_select(1, t2.degrees)) if need_y else None,
+                _degree_sum(_channel_sum(gxu, x, channels), t1) if need_w1 else None,
+                _degree_sum(_channel_sum(gyu, y, channels), t2) if need_w2 else None,
+                _degree_sum(_channel_sum(grad, u, channels), t3) if need_w3 else None,
                 None,
                 None,
                 None,
             )
+        w1, w2, w3 = (None if w is None else w.index_select(1, t.degrees) for w, t in ((wd1, t1), (wd2, t2), (wd3, t3)))
         if ctx.fused:
             # ∂L/∂x = w1 ⊙ Γ(w3 ⊙ grad, w2 ⊙ y) projected on x's degrees, ∂L/∂w1 = Σ_rows Γ(…) ⊙ x, and the same
             # for y, in one pass of the kernel that shares the Legendre step of grad.
             lmaxes = (t1.lmax, t2.lmax, t3.lmax)
             needs = (need_x, need_y, need_w1, need_w2, need_w3)
-            grads = gaunt_kernel.backward(grad, x, y, ctx.u, lmaxes, t1.degree, (w1, w2, w3), needs, channels)
-            return *grads, None, None, None
+            gx, gy, *gw = gaunt_kernel.backward(grad, x, y, out, lmaxes, t1.degree, (w1, w2, w3), needs, channels)
+            gw = [None if g is None else _degree_sum(g, t) for g, t in zip(gw, (t1, t2, t3))]
+            return gx, gy, *gw, None, None, None
         gx = torch.empty_like(x) if need_x else None
         gy = torch.empty_like(y) if need_y else None
         gw = [torch.zeros_like(w) if need else None for w, need in ((w1, need_w1), (w2, need_w2), (w3, need_w3))]
@@ -405,6 +418,7 @@ class _GauntProduct(torch.autograd.Function):
                     _scale_rows(gyu, w2, out=gy[rows])
                 if need_w2:
                     gw[1] += _channel_sum(gyu, y[rows], channels)
+        gw = [None if g is None else _degree_sum(g, t) for g, t in zip(gw, (t1, t2, t3))]
         return gx, gy, *gw, None, None, None
 
 
@@ -524,7 +538,7 @@ class GauntTensorProduct(nn.Module):
         return _GauntProduct.apply(
             x.reshape(-1, x.shape[-1]),
             y.reshape(-1, y.shape[-1]),
-            *(None if w is None else w.expanded() for w in weights),
+            *(None if w is None else w.weight for w in weights),
             t[str(self.lmax_in1)],
             t[str(self.lmax_in2)],
             t[str(self.lmax_out)],

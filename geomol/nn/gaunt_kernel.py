@@ -80,7 +80,7 @@ def _library() -> ctypes.CDLL | None:
     for suffix in _SUFFIX.values():
         forward, backward = getattr(library, f"gaunt_forward_{suffix}"), getattr(library, f"gaunt_backward_{suffix}")
         forward.restype = backward.restype = None
-        forward.argtypes = [*[integer] * 4, *product, *[pointer] * 4, long, *[pointer] * 3, integer, integer]
+        forward.argtypes = [*[integer] * 4, *product, *[pointer] * 3, long, *[pointer] * 3, integer, integer]
         backward.argtypes = [*[integer] * 4, *product, *product, *[pointer] * 6, long, *[pointer] * 6, integer, integer]
     return library
 
@@ -90,6 +90,7 @@ def available(*tensors: Tensor) -> bool:
     return all(t.device.type == "cpu" and t.dtype in _SUFFIX for t in tensors) and _library() is not None
 
 
+_ROWS_PER_THREAD = 1024
 _TABLES = ("leg_a", "leg_b", "leg_c", "coef", "start", "gstart", "m1", "m2")  # the kernel's argument order
 
 
@@ -134,12 +135,20 @@ def plan(la: int, lb: int, lc: int, degree: int, dtype: torch.dtype) -> dict[str
     return plan
 
 
+def _threads(rows: int) -> int:
+    """Torch's thread count, but one thread for small inputs: waking a second thread costs more than it saves
+    there, and on a busy machine a parallel region waits for its slowest thread (as torch's own grain size)."""
+    return max(1, min(torch.get_num_threads(), rows // _ROWS_PER_THREAD))
+
+
 def _pointer(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
 def _prepare(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    return None if t is None else t.detach().to(dtype).contiguous()
+    if t is None or (t.dtype == dtype and t.is_contiguous()):
+        return t  # the kernel reads raw memory: no autograd involved
+    return t.detach().to(dtype).contiguous()
 
 
 def forward(
@@ -150,14 +159,13 @@ def forward(
     sa: Tensor | None = None,
     sb: Tensor | None = None,
     sc: Tensor | None = None,
-    raw: bool = False,
-) -> tuple[Tensor, Tensor | None]:
-    """``sc ⊙ u`` with ``u = Γ(sa ⊙ a, sb ⊙ b)`` (and ``u`` itself if ``raw``); no autograd.
+) -> Tensor:
+    """``sc ⊙ Γ(sa ⊙ a, sb ⊙ b)``; no autograd (see ``geomol.nn.gaunt._GauntProduct``).
 
     Scales ``[C, K]`` act on row ``r``'s channel ``r % C``.
 
     Shapes:
-        a ``[R, (la+1)²]``, b ``[R, (lb+1)²]`` -> ``[R, (lc+1)²]``, ``[R, (lc+1)²]`` or None.
+        a ``[R, (la+1)²]``, b ``[R, (lb+1)²]`` -> ``[R, (lc+1)²]``.
     """
     la, lb, lc = lmaxes
     dtype = a.dtype
@@ -166,30 +174,18 @@ def forward(
     channels = next((s.shape[0] for s in scales if s is not None), 1)
     a, b = _prepare(a, dtype), _prepare(b, dtype)
     out = a.new_empty(a.shape[0], (lc + 1) ** 2)
-    u = torch.empty_like(out) if raw else None
     getattr(_library(), f"gaunt_forward_{_SUFFIX[dtype]}")(
-        la,
-        lb,
-        lc,
-        p["n_theta"],
-        *p["pointers"],
-        a.data_ptr(),
-        b.data_ptr(),
-        out.data_ptr(),
-        _pointer(u),
-        a.shape[0],
-        *(_pointer(s) for s in scales),
-        channels,
-        torch.get_num_threads(),
-    )
-    return out, u
+        la, lb, lc, p["n_theta"], *p["pointers"], a.data_ptr(), b.data_ptr(), out.data_ptr(), a.shape[0],
+        *(_pointer(s) for s in scales), channels, _threads(a.shape[0]),
+    )  # fmt: skip
+    return out
 
 
 def backward(
     grad: Tensor,
     x: Tensor,
     y: Tensor,
-    u: Tensor | None,
+    out: Tensor | None,
     lmaxes: tuple[int, int, int],
     degree: int,
     weights: tuple[Tensor | None, Tensor | None, Tensor | None],
@@ -198,29 +194,28 @@ def backward(
 ) -> tuple[Tensor | None, ...]:
     """Gradients of ``out = w3 ⊙ Γ(w1 ⊙ x, w2 ⊙ y)`` for the output gradient ``grad``; no autograd.
 
-    ``needs`` says which of ``x, y, w1, w2, w3`` need a gradient; ``u`` is the saved unscaled product (needed
-    for ``w3``). Returns ``gx, gy, gw1, gw2, gw3`` (None where not needed); weight gradients are ``[C, K]``.
+    ``needs`` says which of ``x, y, w1, w2, w3`` need a gradient; ``out`` is the forward's output (needed for
+    ``w3``). Returns ``gx, gy, gw1, gw2, gw3`` (None where not needed); weight gradients are ``[C, K]``.
     """
     l1, l2, l3 = lmaxes
     dtype = x.dtype
     px, py = plan(l3, l2, l1, degree, dtype), plan(l3, l1, l2, degree, dtype)
     need_x, need_y, need_w1, need_w2, need_w3 = needs
-    grad, x, y, u = (_prepare(t, dtype) for t in (grad, x, y, u))
+    grad, x, y, out = (_prepare(t, dtype) for t in (grad, x, y, out))
     w1, w2, w3 = (_prepare(w, dtype) for w in weights)
     gx = torch.empty_like(x) if need_x or need_w1 else None
     gy = torch.empty_like(y) if need_y or need_w2 else None
     sums = [x.new_zeros(channels, (l + 1) ** 2) if need else None for l, need in zip(lmaxes, needs[2:])]
     getattr(_library(), f"gaunt_backward_{_SUFFIX[dtype]}")(
-        l1,
-        l2,
-        l3,
-        px["n_theta"],
-        *px["pointers"],
-        *py["pointers"],
-        *(_pointer(t) for t in (grad, x, y, u, gx, gy)),
-        x.shape[0],
-        *(_pointer(t) for t in (w1, w2, w3, *sums)),
-        channels,
-        torch.get_num_threads(),
-    )
+        l1, l2, l3, px["n_theta"], *px["pointers"], *py["pointers"],
+        *(_pointer(t) for t in (grad, x, y, out, gx, gy)), x.shape[0],
+        *(_pointer(t) for t in (w1, w2, w3, *sums)), channels, _threads(x.shape[0]),
+    )  # fmt: skip
+    if need_w3 and w3 is not None:
+        # The kernel summed grad ⊙ out = w3 ⊙ (grad ⊙ u) per channel; where w3 is exactly zero, recompute u.
+        if bool((w3 == 0).any()):
+            u = forward(x, y, lmaxes, degree, w1, w2)
+            sums[2] = (grad * u).view(-1, channels, u.shape[-1]).sum(0)
+        else:
+            sums[2] = sums[2] / w3
     return gx if need_x else None, gy if need_y else None, *sums

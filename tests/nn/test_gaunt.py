@@ -215,7 +215,7 @@ def test_gradients_first_and_second_order(l1, l2, l3, generator, monkeypatch, pa
     t = [tp.transforms[str(l)] for l in (l1, l2, l3)]
     x = torch.randn(70, 2, (l1 + 1) ** 2, generator=generator, dtype=F64)
     y = torch.randn(70, 2, (l2 + 1) ** 2, generator=generator, dtype=F64)
-    w = [torch.rand(2, (l + 1) ** 2, generator=generator, dtype=F64) + 0.5 for l in (l1, l2, l3)]
+    w = [torch.rand(2, l + 1, generator=generator, dtype=F64) + 0.5 for l in (l1, l2, l3)]  # per degree
 
     def product(x, y, w1, w2, w3):
         return gaunt._GauntProduct.apply(x.flatten(0, 1), y.flatten(0, 1), w1, w2, w3, *t)

@@ -28,16 +28,17 @@ def product_and_gradients(tp, x, y, grad, fused):
     return out.detach(), grads
 
 
+@pytest.mark.parametrize("channels", [3, 4])  # the channel count does / does not divide the kernel's 32-row tile
 @pytest.mark.parametrize("l1,l2,l3", [(0, 0, 0), (1, 1, 1), (2, 2, 2), (3, 1, 2), (1, 3, 4), (6, 6, 6), (2, 5, 1)])
-def test_kernel_matches_torch_path_in_float64(l1, l2, l3):
-    """Forward and all five gradients; 45 rows × 3 channels is not a multiple of the kernel's 32-row tile."""
+def test_kernel_matches_torch_path_in_float64(l1, l2, l3, channels):
+    """Forward and all five gradients; 45 nodes is not a multiple of the tile either (a partial last tile)."""
     g = torch.Generator().manual_seed(l1 * 100 + l2 * 10 + l3)
-    tp = GauntTensorProduct(l1, l2, l3, channels=3).double()
+    tp = GauntTensorProduct(l1, l2, l3, channels=channels).double()
     for p in tp.parameters():
         p.data.uniform_(0.5, 1.5, generator=g)
-    x = torch.randn(45, 3, (l1 + 1) ** 2, generator=g, dtype=torch.float64)
-    y = torch.randn(45, 3, (l2 + 1) ** 2, generator=g, dtype=torch.float64)
-    grad = torch.randn(45, 3, (l3 + 1) ** 2, generator=g, dtype=torch.float64)
+    x = torch.randn(45, channels, (l1 + 1) ** 2, generator=g, dtype=torch.float64)
+    y = torch.randn(45, channels, (l2 + 1) ** 2, generator=g, dtype=torch.float64)
+    grad = torch.randn(45, channels, (l3 + 1) ** 2, generator=g, dtype=torch.float64)
     out, grads = product_and_gradients(tp, x, y, grad, fused=True)
     ref_out, ref_grads = product_and_gradients(tp, x, y, grad, fused=False)
     torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
@@ -45,12 +46,14 @@ def test_kernel_matches_torch_path_in_float64(l1, l2, l3):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11, msg=lambda m, name=name: f"d/d{name}: {m}")
 
 
-def test_kernel_in_float32_and_with_threads():
+@pytest.mark.parametrize("channels", [5, 16])
+def test_kernel_in_float32_and_with_threads(channels):
+    """float32 takes the vector transposes on CPUs with AVX-512; 2,020 / 3,232 rows use two threads."""
     g = torch.Generator().manual_seed(1)
-    tp = GauntTensorProduct(4, 3, 4, channels=5)
-    x = torch.randn(101, 5, 25, generator=g)
-    y = torch.randn(101, 5, 16, generator=g)
-    grad = torch.randn(101, 5, 25, generator=g)
+    tp = GauntTensorProduct(4, 3, 4, channels=channels)
+    x = torch.randn(202, channels, 25, generator=g)
+    y = torch.randn(202, channels, 16, generator=g)
+    grad = torch.randn(202, channels, 25, generator=g)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)  # per-thread partial sums of the weight gradients are added at the end
@@ -96,3 +99,17 @@ def test_build_is_cached_and_a_missing_compiler_falls_back(tmp_path, monkeypatch
         assert not gaunt_kernel.available(torch.zeros(1))
     finally:
         gaunt_kernel._library.cache_clear()
+
+
+def test_output_weight_gradient_where_a_weight_is_zero():
+    """∂L/∂w3 comes from the saved output divided by w3; an exactly zero w3 takes the recomputing branch."""
+    g = torch.Generator().manual_seed(2)
+    tp = GauntTensorProduct(2, 2, 3, channels=2).double()
+    tp.weight_out.weight.data[1, 2] = 0.0
+    x = torch.randn(40, 2, 9, generator=g, dtype=torch.float64)
+    y = torch.randn(40, 2, 9, generator=g, dtype=torch.float64)
+    grad = torch.randn(40, 2, 16, generator=g, dtype=torch.float64)
+    _, grads = product_and_gradients(tp, x, y, grad, fused=True)
+    _, ref_grads = product_and_gradients(tp, x, y, grad, fused=False)
+    assert grads[4][1, 2] != 0
+    torch.testing.assert_close(grads[4], ref_grads[4], rtol=1e-11, atol=1e-11)

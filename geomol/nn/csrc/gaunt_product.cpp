@@ -18,13 +18,18 @@
  *   pairs (m1[q], m2[q]) for q in gstart[g] .. gstart[g+1]-1.
  * Inputs are [rows][k] row-major; row r uses scale row r % channels of a scale table [channels][k] (or NULL).
  *
- * gaunt_forward:  out = sc ⊙ Γ(sa ⊙ a, sb ⊙ b); optionally raw = Γ(sa ⊙ a, sb ⊙ b).
+ * gaunt_forward:  out = sc ⊙ Γ(sa ⊙ a, sb ⊙ b).
  * gaunt_backward: for out = w3 ⊙ Γ(w1 ⊙ x, w2 ⊙ y) and its gradient g: gx = w1 ⊙ Γ(w3 ⊙ g, w2 ⊙ y) (degrees of x),
  *   gy = w2 ⊙ Γ(w3 ⊙ g, w1 ⊙ x) (degrees of y), and per channel gw1 += Σ Γ(w3 ⊙ g, w2 ⊙ y) ⊙ x,
- *   gw2 += Σ Γ(w3 ⊙ g, w1 ⊙ x) ⊙ y, gw3 += Σ g ⊙ u (u the saved raw product). The Legendre step of g is shared.
+ *   gw2 += Σ Γ(w3 ⊙ g, w1 ⊙ x) ⊙ y, gw3 += Σ g ⊙ u for a given u (the caller passes the forward's output and
+ *   divides by w3). The Legendre step of g is shared.
  */
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 // Rows per tile; each step works on whole SIMD vectors of rows (GCC/Clang vector extension, split into
 // narrower registers by the compiler where the CPU has no 64-byte vectors). Explicit vectors keep the compiler
@@ -46,22 +51,129 @@ struct Product {
 
 static inline int dim(int L) { return (L + 1) * (L + 1); }
 
-// Rows row0 .. row0+n-1 of src [rows][k] into dst [k][TILE], times the channel's scale; zero past row n.
-template <typename T>
-static void load(const T *src, const T *scale, int k, long row0, int n, int channels, T *dst) {
-    if (n < TILE) memset(dst, 0, sizeof(T) * TILE * (size_t)k);
-    for (int t = 0; t < n; t++) {
-        const T *row = src + (row0 + t) * k;
-        const T *s = scale ? scale + ((row0 + t) % channels) * k : nullptr;
-        for (int j = 0; j < k; j++) dst[j * TILE + t] = s ? row[j] * s[j] : row[j];
+#if defined(__AVX512F__)
+// 16×16 transpose of float vectors in registers (unpack pairs, then pairs of pairs, then 128-bit lanes): moving a
+// full tile between [rows][k] and [k][TILE] this way costs a quarter of an instruction per value instead of two.
+static inline void transpose16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
     }
+    for (int i = 0; i < 4; i++) {  // r[4i + q], 128-bit lane L: column 4L + q of rows 4i .. 4i+3
+        const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+        const __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    for (int q = 0; q < 4; q++) {  // 4×4 transpose of 128-bit lanes among r[q], r[4+q], r[8+q], r[12+q]
+        const __m512 u0 = _mm512_shuffle_f32x4(r[q], r[4 + q], 0x44), u1 = _mm512_shuffle_f32x4(r[q], r[4 + q], 0xEE);
+        const __m512 u2 = _mm512_shuffle_f32x4(r[8 + q], r[12 + q], 0x44);
+        const __m512 u3 = _mm512_shuffle_f32x4(r[8 + q], r[12 + q], 0xEE);
+        t[q] = _mm512_shuffle_f32x4(u0, u2, 0x88);
+        t[4 + q] = _mm512_shuffle_f32x4(u0, u2, 0xDD);
+        t[8 + q] = _mm512_shuffle_f32x4(u1, u3, 0x88);
+        t[12 + q] = _mm512_shuffle_f32x4(u1, u3, 0xDD);
+    }
+    for (int i = 0; i < 16; i++) r[i] = t[i];
+}
+#endif
+
+// Rows row0 .. row0+n-1 of src [rows][k] -> dst [k][TILE], zero past row n.
+template <typename T>
+static void transpose_in(const T *src, int k, long row0, int n, T *dst) {
+#if defined(__AVX512F__)
+    if constexpr (std::is_same_v<T, float>) {
+        if (n == TILE) {
+            for (int t0 = 0; t0 < TILE; t0 += 16)
+                for (int j0 = 0; j0 < k; j0 += 16) {
+                    const __mmask16 mask = k - j0 >= 16 ? 0xFFFF : (__mmask16)((1u << (k - j0)) - 1);
+                    __m512 r[16];
+#pragma GCC unroll 16
+                    for (int t = 0; t < 16; t++) r[t] = _mm512_maskz_loadu_ps(mask, src + (row0 + t0 + t) * k + j0);
+                    transpose16(r);
+                    for (int j = 0; j < 16 && j0 + j < k; j++) _mm512_store_ps(dst + (j0 + j) * TILE + t0, r[j]);
+                }
+            return;
+        }
+    }
+#endif
+    if (n < TILE) memset(dst, 0, sizeof(T) * TILE * (size_t)k);
+    for (int t = 0; t < n; t++)
+        for (int j = 0; j < k; j++) dst[j * TILE + t] = src[(row0 + t) * k + j];
 }
 
-// Legendre step: x [(L+1)²][TILE] -> F [2L+1][n_theta][TILE].
+// u [k][TILE] -> rows row0 .. row0+n-1 of dst [rows][k].
 template <typename T>
-static void legendre(const T *leg, int L, int n_theta, const T *xs, T *Fs) {
+static void transpose_out(const T *u, int k, long row0, int n, T *dst) {
+#if defined(__AVX512F__)
+    if constexpr (std::is_same_v<T, float>) {
+        if (n == TILE) {
+            for (int t0 = 0; t0 < TILE; t0 += 16)
+                for (int j0 = 0; j0 < k; j0 += 16) {
+                    const __mmask16 mask = k - j0 >= 16 ? 0xFFFF : (__mmask16)((1u << (k - j0)) - 1);
+                    __m512 r[16];
+                    for (int j = 0; j < 16; j++)
+                        r[j] = j0 + j < k ? _mm512_load_ps(u + (j0 + j) * TILE + t0) : _mm512_setzero_ps();
+                    transpose16(r);
+#pragma GCC unroll 16
+                    for (int t = 0; t < 16; t++) _mm512_mask_storeu_ps(dst + (row0 + t0 + t) * k + j0, mask, r[t]);
+                }
+            return;
+        }
+    }
+#endif
+    for (int t = 0; t < n; t++)
+        for (int j = 0; j < k; j++) dst[(row0 + t) * k + j] = u[j * TILE + t];
+}
+
+// Per-channel tables in the tile's lane layout: S[j][t] = s[channel of row row0 + t][j]. When the channel count
+// divides TILE every tile has the same layout, and this runs once per thread instead of once per tile.
+template <typename T>
+static void lanes(const T *s, int k, long row0, int channels, T *S) {
+    int channel = (int)(row0 % channels);
+    for (int t = 0; t < TILE; t++, channel = channel + 1 == channels ? 0 : channel + 1)
+        for (int j = 0; j < k; j++) S[j * TILE + t] = s[channel * k + j];
+}
+
+template <typename T>
+static void scale(T *x, const T *S, int k) {  // x ⊙= S, both [k][TILE]
+    typedef typename Tile<T>::V V;
+    for (int v = 0; v < k * Tile<T>::NV; v++) ((V *)x)[v] *= ((const V *)S)[v];
+}
+
+template <typename T>
+static void accumulate(T *acc, const T *u, const T *z, int k) {  // acc += u ⊙ z, all [k][TILE]
+    typedef typename Tile<T>::V V;
+    for (int v = 0; v < k * Tile<T>::NV; v++) ((V *)acc)[v] += ((const V *)u)[v] * ((const V *)z)[v];
+}
+
+// Lane sums acc [k][TILE] of rows row0 .. -> dot [channels][k] (per channel), then clear acc.
+template <typename T>
+static void fold(T *acc, int k, long row0, int channels, T *dot) {
+    int channel = (int)(row0 % channels);
+    for (int t = 0; t < TILE; t++, channel = channel + 1 == channels ? 0 : channel + 1)
+        for (int j = 0; j < k; j++) dot[channel * k + j] += acc[j * TILE + t];
+    memset(acc, 0, sizeof(T) * TILE * (size_t)k);
+}
+
+// Degrees up to this many get a copy of the Legendre steps compiled for that degree (loop bounds known, so the
+// short loops over l are unrolled); larger degrees use the generic code.
+#define GAUNT_FIXED_DEGREES(F) F(0) F(1) F(2) F(3) F(4) F(5) F(6)
+#define GAUNT_DISPATCH(L, CALL)                                     \
+    switch (L) {                                                    \
+        GAUNT_FIXED_DEGREES(CALL)                                   \
+        default: CALL##_ANY                                         \
+    }
+
+// Legendre step: x [(L+1)²][TILE] -> F [2L+1][n_theta][TILE].
+template <typename T, int FIXED>
+static void legendre_fixed(const T *leg, int L_any, int n_theta, const T *xs, T *Fs) {
     typedef typename Tile<T>::V V;
     constexpr int NV = Tile<T>::NV;
+    const int L = FIXED >= 0 ? FIXED : L_any;
     const V *x = (const V *)xs;
     V *F = (V *)Fs;
     for (int mi = 0; mi < 2 * L + 1; mi++) {
@@ -78,6 +190,46 @@ static void legendre(const T *leg, int L, int n_theta, const T *xs, T *Fs) {
     }
 }
 
+template <typename T>
+static void legendre(const T *leg, int L, int n_theta, const T *xs, T *Fs) {
+#define LEGENDRE(D) case D: return legendre_fixed<T, D>(leg, L, n_theta, xs, Fs);
+#define LEGENDRE_ANY return legendre_fixed<T, -1>(leg, L, n_theta, xs, Fs);
+    GAUNT_DISPATCH(L, LEGENDRE)
+#undef LEGENDRE
+#undef LEGENDRE_ANY
+}
+
+// Adjoint Legendre step: C [2L+1][n_theta][TILE] -> coefficients out [(L+1)²][TILE].
+template <typename T, int FIXED>
+static void adjoint_legendre_fixed(const T *leg, int L_any, int n_theta, const T *Cs, T *outs) {
+    typedef typename Tile<T>::V V;
+    constexpr int NV = Tile<T>::NV;
+    const int L = FIXED >= 0 ? FIXED : L_any;
+    const V *C = (const V *)Cs;
+    V *out = (V *)outs;
+    for (int mi = 0; mi < 2 * L + 1; mi++) {
+        const int m = mi - L, am = m < 0 ? -m : m;
+        for (int l = am; l <= L; l++) {
+            V acc[NV] = {};
+            for (int i = 0; i < n_theta; i++) {
+                const T p = leg[((size_t)mi * n_theta + i) * (L + 1) + l - am];
+                const V *c = C + ((size_t)mi * n_theta + i) * NV;
+                for (int s = 0; s < NV; s++) acc[s] += p * c[s];
+            }
+            for (int s = 0; s < NV; s++) out[(size_t)(l * l + l + m) * NV + s] = acc[s];
+        }
+    }
+}
+
+template <typename T>
+static void adjoint_legendre(const T *leg, int L, int n_theta, const T *Cs, T *outs) {
+#define ADJOINT(D) case D: return adjoint_legendre_fixed<T, D>(leg, L, n_theta, Cs, outs);
+#define ADJOINT_ANY return adjoint_legendre_fixed<T, -1>(leg, L, n_theta, Cs, outs);
+    GAUNT_DISPATCH(L, ADJOINT)
+#undef ADJOINT
+#undef ADJOINT_ANY
+}
+
 // Product in φ-Fourier space and the adjoint Legendre step: A, B -> coefficients out [(Lc+1)²][TILE].
 template <typename T>
 static void product(const Product<T> &P, const T *As, const T *Bs, T *Cs, T *outs) {
@@ -85,7 +237,7 @@ static void product(const Product<T> &P, const T *As, const T *Bs, T *Cs, T *out
     constexpr int NV = Tile<T>::NV;
     const int n_theta = P.n_theta, Lc = P.Lc;
     const V *A = (const V *)As, *B = (const V *)Bs;
-    V *C = (V *)Cs, *out = (V *)outs;
+    V *C = (V *)Cs;
     for (int m3 = 0; m3 < 2 * Lc + 1; m3++)
         for (int i = 0; i < n_theta; i++) {
             V acc[NV] = {};
@@ -100,130 +252,158 @@ static void product(const Product<T> &P, const T *As, const T *Bs, T *Cs, T *out
             }
             for (int s = 0; s < NV; s++) C[((size_t)m3 * n_theta + i) * NV + s] = acc[s];
         }
-    for (int mi = 0; mi < 2 * Lc + 1; mi++) {
-        const int m = mi - Lc, am = m < 0 ? -m : m;
-        for (int l = am; l <= Lc; l++) {
-            V acc[NV] = {};
-            for (int i = 0; i < n_theta; i++) {
-                const T p = P.leg_c[((size_t)mi * n_theta + i) * (Lc + 1) + l - am];
-                const V *c = C + ((size_t)mi * n_theta + i) * NV;
-                for (int s = 0; s < NV; s++) acc[s] += p * c[s];
-            }
-            for (int s = 0; s < NV; s++) out[(size_t)(l * l + l + m) * NV + s] = acc[s];
-        }
-    }
+    adjoint_legendre(P.leg_c, Lc, n_theta, Cs, outs);
 }
 
-// Store a product tile u [k][TILE] to rows of dst (times the channel's scale), optionally the unscaled u to raw,
-// and add Σ u ⊙ z over the tile's rows of each channel to dot [channels][k].
-template <typename T>
-static void store(const T *u, const T *scale, int k, long row0, int n, int channels, T *dst, T *raw, const T *z,
-                  T *dot) {
-    for (int t = 0; t < n; t++) {
-        const long r = row0 + t;
-        const int channel = (int)(r % channels);
-        const T *s = scale ? scale + channel * k : nullptr;
-        for (int j = 0; j < k; j++) dst[r * k + j] = s ? u[j * TILE + t] * s[j] : u[j * TILE + t];
-        if (raw)
-            for (int j = 0; j < k; j++) raw[r * k + j] = u[j * TILE + t];
-        if (dot)
-            for (int j = 0; j < k; j++) dot[channel * k + j] += u[j * TILE + t] * z[r * k + j];
-    }
-}
-
-// Per-thread scratch of `count` tile-sized blocks of the given sizes, 64-byte aligned.
+// Per-thread scratch, 64-byte aligned; blocks are handed out in tile-sized multiples.
 template <typename T>
 struct Scratch {
-    T *base = nullptr;
-    explicit Scratch(size_t values) { base = (T *)aligned_alloc(64, ((values * sizeof(T) + 63) / 64) * 64); }
+    T *base, *next;
+    explicit Scratch(size_t values) {
+        base = next = (T *)aligned_alloc(64, ((values * TILE * sizeof(T) + 63) / 64) * 64);
+        memset(base, 0, values * TILE * sizeof(T));
+    }
+    T *take(size_t rows_of_tile) {  // a block of rows_of_tile × TILE values
+        T *block = next;
+        next += rows_of_tile * TILE;
+        return block;
+    }
     ~Scratch() { free(base); }
+};
+
+// Scale tables of one call in lane layout, refreshed per tile unless the channel count divides TILE.
+template <typename T>
+struct Scales {
+    const T *table[3];
+    int k[3];
+    T *S[3] = {nullptr, nullptr, nullptr};
+    int channels;
+    bool fixed;
+    Scales(const T *a, int ka, const T *b, int kb, const T *c, int kc, int channels_, Scratch<T> &scratch)
+        : table{a, b, c}, k{ka, kb, kc}, channels(channels_), fixed(TILE % channels_ == 0) {
+        for (int i = 0; i < 3; i++)
+            if (table[i]) {
+                S[i] = scratch.take(k[i]);
+                if (fixed) lanes(table[i], k[i], 0, channels, S[i]);
+            }
+    }
+    void at(long row0) {
+        if (!fixed)
+            for (int i = 0; i < 3; i++)
+                if (table[i]) lanes(table[i], k[i], row0, channels, S[i]);
+    }
 };
 
 template <typename T>
 static void reduce(T *partial, T *total, size_t count) {
-    if (!partial) return;
 #pragma omp critical
     for (size_t j = 0; j < count; j++) total[j] += partial[j];
-    free(partial);
 }
 
 template <typename T>
-static void gaunt_forward(const Product<T> &P, const T *a, const T *b, T *out, T *raw, long rows, const T *sa,
-                          const T *sb, const T *sc, int channels, int n_threads) {
+static void gaunt_forward(const Product<T> &P, const T *a, const T *b, T *out, long rows, const T *sa, const T *sb,
+                          const T *sc, int channels, int n_threads) {
     const int ka = dim(P.La), kb = dim(P.Lb), kc = dim(P.Lc), nt = P.n_theta;
     const long n_tiles = (rows + TILE - 1) / TILE;
 #pragma omp parallel num_threads(n_threads)
     {
-        const size_t sizes[] = {(size_t)ka, (size_t)kb, (size_t)kc, (size_t)(2 * P.La + 1) * nt,
-                                (size_t)(2 * P.Lb + 1) * nt, (size_t)(2 * P.Lc + 1) * nt};
-        size_t total = 0;
-        for (size_t s : sizes) total += s * TILE;
-        Scratch<T> scratch(total);
-        T *xa = scratch.base, *xb = xa + ka * TILE, *xc = xb + kb * TILE, *A = xc + kc * TILE;
-        T *B = A + sizes[3] * TILE, *C = B + sizes[4] * TILE;
+        Scratch<T> scratch(2 * (size_t)(ka + kb + kc) + (size_t)nt * (2 * P.La + 2 * P.Lb + 2 * P.Lc + 3));
+        T *xa = scratch.take(ka), *xb = scratch.take(kb), *xc = scratch.take(kc);
+        T *A = scratch.take((2 * P.La + 1) * nt), *B = scratch.take((2 * P.Lb + 1) * nt);
+        T *C = scratch.take((2 * P.Lc + 1) * nt);
+        Scales<T> s(sa, ka, sb, kb, sc, kc, channels, scratch);
 #pragma omp for schedule(static)
         for (long tile = 0; tile < n_tiles; tile++) {
             const long row0 = tile * TILE;
             const int n = rows - row0 < TILE ? (int)(rows - row0) : TILE;
-            load(a, sa, ka, row0, n, channels, xa);
-            load(b, sb, kb, row0, n, channels, xb);
+            s.at(row0);
+            transpose_in(a, ka, row0, n, xa);
+            transpose_in(b, kb, row0, n, xb);
+            if (sa) scale(xa, s.S[0], ka);
+            if (sb) scale(xb, s.S[1], kb);
             legendre(P.leg_a, P.La, nt, xa, A);
             legendre(P.leg_b, P.Lb, nt, xb, B);
             product(P, A, B, C, xc);
-            store(xc, sc, kc, row0, n, channels, out, raw, (const T *)nullptr, (T *)nullptr);
+            if (sc) scale(xc, s.S[2], kc);
+            transpose_out(xc, kc, row0, n, out);
         }
     }
 }
 
-// Px: (L3, L2) -> L1 and Py: (L3, L1) -> L2, both with the output's degree L3 in role a.
+// Px: (L3, L2) -> L1 and Py: (L3, L1) -> L2, both with the output's degree L3 in role a. Weight gradients are
+// summed per lane over the tiles (vector FMAs) and folded into channels at the end (or per tile when the
+// channel count does not divide TILE).
 template <typename T>
 static void gaunt_backward(const Product<T> &Px, const Product<T> &Py, const T *g, const T *x, const T *y,
                            const T *u, T *gx, T *gy, long rows, const T *w1, const T *w2, const T *w3, T *gw1,
                            T *gw2, T *gw3, int channels, int n_threads) {
     const int L1 = Px.Lc, L2 = Py.Lc, L3 = Px.La, nt = Px.n_theta;
-    const int k1 = dim(L1), k2 = dim(L2), k3 = dim(L3);
+    const int k1 = dim(L1), k2 = dim(L2), k3 = dim(L3), kmax = k1 > k2 ? k1 : k2;
     const long n_tiles = (rows + TILE - 1) / TILE;
 #pragma omp parallel num_threads(n_threads)
     {
-        const size_t sizes[] = {(size_t)k3, (size_t)k1, (size_t)k2, (size_t)(k1 > k2 ? k1 : k2),
-                                (size_t)(2 * L3 + 1) * nt, (size_t)(2 * L1 + 1) * nt, (size_t)(2 * L2 + 1) * nt,
-                                (size_t)(2 * (L1 > L2 ? L1 : L2) + 1) * nt};
-        size_t total = 0;
-        for (size_t s : sizes) total += s * TILE;
-        Scratch<T> scratch(total);
-        T *xg = scratch.base, *xx = xg + sizes[0] * TILE, *xy = xx + sizes[1] * TILE, *xo = xy + sizes[2] * TILE;
-        T *G = xo + sizes[3] * TILE, *X = G + sizes[4] * TILE, *Y = X + sizes[5] * TILE, *C = Y + sizes[6] * TILE;
-        T *dw1 = gw1 ? (T *)calloc((size_t)channels * k1, sizeof(T)) : nullptr;
-        T *dw2 = gw2 ? (T *)calloc((size_t)channels * k2, sizeof(T)) : nullptr;
-        T *dw3 = gw3 ? (T *)calloc((size_t)channels * k3, sizeof(T)) : nullptr;
+        Scratch<T> scratch(4 * (size_t)(k1 + k2 + k3) + 3 * (size_t)kmax +
+                           (size_t)nt * (2 * L1 + 2 * L2 + 2 * L3 + 2 * (L1 > L2 ? L1 : L2) + 4));
+        T *xg = scratch.take(k3), *xx = scratch.take(k1), *xy = scratch.take(k2), *xo = scratch.take(kmax);
+        T *z = scratch.take(kmax > k3 ? kmax : k3);
+        T *G = scratch.take((2 * L3 + 1) * nt), *X = scratch.take((2 * L1 + 1) * nt);
+        T *Y = scratch.take((2 * L2 + 1) * nt), *C = scratch.take((2 * (L1 > L2 ? L1 : L2) + 1) * nt);
+        T *acc1 = gw1 ? scratch.take(k1) : nullptr, *acc2 = gw2 ? scratch.take(k2) : nullptr;
+        T *acc3 = gw3 ? scratch.take(k3) : nullptr;
+        Scales<T> s(w1, k1, w2, k2, w3, k3, channels, scratch);
+        T *dot = (T *)calloc((size_t)channels * (k1 + k2 + k3), sizeof(T));
+        T *dot1 = dot, *dot2 = dot1 + (size_t)channels * k1, *dot3 = dot2 + (size_t)channels * k2;
 #pragma omp for schedule(static)
         for (long tile = 0; tile < n_tiles; tile++) {
             const long row0 = tile * TILE;
             const int n = rows - row0 < TILE ? (int)(rows - row0) : TILE;
-            if (dw3)
-                for (int t = 0; t < n; t++) {
-                    const long r = row0 + t;
-                    T *d = dw3 + (r % channels) * k3;
-                    for (int j = 0; j < k3; j++) d[j] += g[r * k3 + j] * u[r * k3 + j];
-                }
-            load(g, w3, k3, row0, n, channels, xg);
+            s.at(row0);
+            transpose_in(g, k3, row0, n, xg);
+            if (acc3) {
+                transpose_in(u, k3, row0, n, z);
+                accumulate(acc3, xg, z, k3);
+            }
+            if (w3) scale(xg, s.S[2], k3);
             legendre(Px.leg_a, L3, nt, xg, G);
-            if (gx || dw1) {
-                load(y, w2, k2, row0, n, channels, xy);
+            if (gx) {
+                transpose_in(y, k2, row0, n, xy);
+                if (w2) scale(xy, s.S[1], k2);
                 legendre(Px.leg_b, L2, nt, xy, Y);
                 product(Px, G, Y, C, xo);
-                store(xo, w1, k1, row0, n, channels, gx, (T *)nullptr, x, dw1);
+                if (acc1) {
+                    transpose_in(x, k1, row0, n, z);
+                    accumulate(acc1, xo, z, k1);
+                }
+                if (w1) scale(xo, s.S[0], k1);
+                transpose_out(xo, k1, row0, n, gx);
             }
-            if (gy || dw2) {
-                load(x, w1, k1, row0, n, channels, xx);
+            if (gy) {
+                transpose_in(x, k1, row0, n, xx);
+                if (w1) scale(xx, s.S[0], k1);
                 legendre(Py.leg_b, L1, nt, xx, X);
                 product(Py, G, X, C, xo);
-                store(xo, w2, k2, row0, n, channels, gy, (T *)nullptr, y, dw2);
+                if (acc2) {
+                    transpose_in(y, k2, row0, n, z);
+                    accumulate(acc2, xo, z, k2);
+                }
+                if (w2) scale(xo, s.S[1], k2);
+                transpose_out(xo, k2, row0, n, gy);
+            }
+            if (!s.fixed) {
+                if (acc1) fold(acc1, k1, row0, channels, dot1);
+                if (acc2) fold(acc2, k2, row0, channels, dot2);
+                if (acc3) fold(acc3, k3, row0, channels, dot3);
             }
         }
-        reduce(dw1, gw1, (size_t)channels * k1);
-        reduce(dw2, gw2, (size_t)channels * k2);
-        reduce(dw3, gw3, (size_t)channels * k3);
+        if (s.fixed) {
+            if (acc1) fold(acc1, k1, 0, channels, dot1);
+            if (acc2) fold(acc2, k2, 0, channels, dot2);
+            if (acc3) fold(acc3, k3, 0, channels, dot3);
+        }
+        if (gw1) reduce(dot1, gw1, (size_t)channels * k1);
+        if (gw2) reduce(dot2, gw2, (size_t)channels * k2);
+        if (gw3) reduce(dot3, gw3, (size_t)channels * k3);
+        free(dot);
     }
 }
 
@@ -234,10 +414,10 @@ static void gaunt_backward(const Product<T> &Px, const Product<T> &Py, const T *
 
 #define GAUNT_ENTRIES(T, SUFFIX)                                                                             \
     extern "C" void gaunt_forward_##SUFFIX(int La, int Lb, int Lc, int n_theta, PRODUCT(T, p), const T *a, \
-                                           const T *b, T *out, T *raw, long rows, const T *sa, const T *sb, \
+                                           const T *b, T *out, long rows, const T *sa, const T *sb,         \
                                            const T *sc, int channels, int n_threads) {                      \
         const Product<T> P = MAKE(p, La, Lb, Lc);                                                            \
-        gaunt_forward(P, a, b, out, raw, rows, sa, sb, sc, channels, n_threads);                             \
+        gaunt_forward(P, a, b, out, rows, sa, sb, sc, channels, n_threads);                                  \
     }                                                                                                        \
     extern "C" void gaunt_backward_##SUFFIX(int L1, int L2, int L3, int n_theta, PRODUCT(T, px),           \
                                             PRODUCT(T, py), const T *g, const T *x, const T *y, const T *u, \
