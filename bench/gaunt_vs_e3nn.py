@@ -7,8 +7,12 @@ Three exact ways to take a channelwise product of two SH features ``[N, C, (L+1)
   the same paths the Gaunt product couples (its path weights are a product of per-degree weights).
 * ``dense``: the plain exact grid method. Dense matrices from a Gauss–Legendre × uniform grid (e3nn's SH on
   the grid points): project both inputs to the grid, multiply, project back. Same per-degree weights.
-* ``gaunt``: ``geomol.nn.gaunt.GauntTensorProduct`` (dense or separable Legendre × Fourier transforms as
-  its cost model picks, chunked over rows, weights folded into the fused forward and backward).
+* ``gaunt``: ``geomol.nn.gaunt.GauntTensorProduct``. On CPUs its fused kernel (``geomol.nn.gaunt_kernel``:
+  per tile of 32 rows, Legendre steps, the φ-Fourier convolution of orders and the adjoint Legendre step,
+  all in cache; one fused pass for the backward).
+* ``torch path``: the same module with the kernel switched off (``gaunt_kernel.disabled()``), the path GPUs
+  and machines without a C++ compiler take: dense or separable transforms as its cost model picks, chunked
+  over rows, weights folded into the fused forward and backward.
 
 Every method is warmed up first (e3nn's code generation happens at construction and in the warm-up, outside
 the timed region); timed rounds interleave the three methods and report the minimum and the median (on
@@ -39,6 +43,7 @@ from e3nn import o3
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
+from geomol.nn import gaunt_kernel
 from geomol.nn.gaunt import GauntTensorProduct, sh_irreps, sh_to_irreps
 
 
@@ -69,6 +74,18 @@ class DenseGridProduct(nn.Module):
         f = (x * self.weight_in1[:, self.degree]) @ self.to_grid
         g = (y * self.weight_in2[:, self.degree]) @ self.to_grid
         return ((f * g) @ self.from_grid) * self.weight_out[:, self.degree]
+
+
+class TorchPath(nn.Module):
+    """``GauntTensorProduct`` with the fused CPU kernel switched off (its backward follows the forward's path)."""
+
+    def __init__(self, module: GauntTensorProduct) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with gaunt_kernel.disabled():
+            return self.module(x, y)
 
 
 def e3nn_uuu(lmax: int, channels: int) -> o3.TensorProduct:
@@ -140,8 +157,9 @@ def main() -> None:
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}"
     )
     header = (
-        f"{'L':>2} {'paths':>5} | {'e3nn ms':>17} {'dense ms':>17} {'gaunt ms':>17} | {'e3nn/gaunt':>10} "
-        f"{'e3nn/dense':>10} {'dense/gaunt':>11} | {'peak MB e3nn':>12} {'dense':>7} {'gaunt':>7}"
+        f"{'L':>2} {'paths':>5} | {'e3nn ms':>17} {'dense ms':>17} {'torch path ms':>17} {'gaunt ms':>17} | "
+        f"{'e3nn/gaunt':>10} {'e3nn/dense':>10} {'dense/gaunt':>11} {'e3nn/torch':>10} | {'peak MB e3nn':>12} "
+        f"{'dense':>7} {'torch':>7} {'gaunt':>7}"
     )
     print("times: min / median over the timed rounds; ratios of the minima (the least disturbed rounds)")
     print(header)
@@ -160,6 +178,7 @@ def main() -> None:
             ye = sh_to_irreps(y.detach()).requires_grad_()
             methods["e3nn"] = (tp, (xe, ye), sh_to_irreps(grad))
         methods["dense"] = (DenseGridProduct(lmax, args.channels).to(device), (x, y), grad)
+        methods["torch"] = (TorchPath(GauntTensorProduct(lmax, lmax, lmax, args.channels)).to(device), (x, y), grad)
         methods["gaunt"] = (GauntTensorProduct(lmax, lmax, lmax, args.channels).to(device), (x, y), grad)
 
         for module, inputs, g in methods.values():
@@ -178,13 +197,15 @@ def main() -> None:
         peak = {name: peak_mb(*m, device) for name, m in methods.items()}
         nan = float("nan")
         cells = {
-            name: f"{best.get(name, nan):.2f} / {median.get(name, nan):.2f}" for name in ("e3nn", "dense", "gaunt")
+            name: f"{best.get(name, nan):.2f} / {median.get(name, nan):.2f}"
+            for name in ("e3nn", "dense", "torch", "gaunt")
         }
         e3 = best.get("e3nn", nan)
         print(
-            f"{lmax:>2} {n_paths:>5} | {cells['e3nn']:>17} {cells['dense']:>17} {cells['gaunt']:>17} | "
-            f"{e3 / best['gaunt']:>9.1f}x {e3 / best['dense']:>9.1f}x {best['dense'] / best['gaunt']:>10.2f}x | "
-            f"{peak.get('e3nn', nan):>12.1f} {peak['dense']:>7.1f} {peak['gaunt']:>7.1f}",
+            f"{lmax:>2} {n_paths:>5} | {cells['e3nn']:>17} {cells['dense']:>17} {cells['torch']:>17} "
+            f"{cells['gaunt']:>17} | {e3 / best['gaunt']:>9.1f}x {e3 / best['dense']:>9.1f}x "
+            f"{best['dense'] / best['gaunt']:>10.2f}x {e3 / best['torch']:>9.1f}x | {peak.get('e3nn', nan):>12.1f} "
+            f"{peak['dense']:>7.1f} {peak['torch']:>7.1f} {peak['gaunt']:>7.1f}",
             flush=True,
         )
     print(f"load average at the end {os.getloadavg()[0]:.1f} (other processes share the cores)")

@@ -15,6 +15,7 @@ the quadrature weights split as cube roots, as the torch path does), grouped by 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["available", "backward", "forward", "plan"]
+__all__ = ["available", "backward", "disabled", "forward", "plan"]
 
 _SOURCE = Path(__file__).with_name("csrc") / "gaunt_product.cpp"
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
@@ -36,13 +37,14 @@ _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
 
 def _cpu_name() -> str:
+    """The CPU model and its instruction-set flags (``-march=native`` code is only valid on the same kind)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "flags")):
-                return line
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
-    return platform.processor()
+        return platform.processor()
+    model = next((line for line in lines if line.startswith("model name")), "")
+    flags = next((line for line in lines if line.startswith("flags")), "")
+    return model + flags
 
 
 @functools.cache
@@ -85,9 +87,23 @@ def _library() -> ctypes.CDLL | None:
     return library
 
 
+_enabled = True
+
+
+@contextlib.contextmanager
+def disabled():
+    """Products started inside this block use the torch-only path (to compare, or to rule the kernel out)."""
+    global _enabled
+    previous, _enabled = _enabled, False
+    try:
+        yield
+    finally:
+        _enabled = previous
+
+
 def available(*tensors: Tensor) -> bool:
     """Whether the kernel can compute a product of these tensors (CPU, float32/float64, kernel built)."""
-    return all(t.device.type == "cpu" and t.dtype in _SUFFIX for t in tensors) and _library() is not None
+    return _enabled and all(t.device.type == "cpu" and t.dtype in _SUFFIX for t in tensors) and _library() is not None
 
 
 _ROWS_PER_THREAD = 1024
