@@ -330,6 +330,25 @@ static void gaunt_forward(const Product<T> &P, const T *a, const T *b, T *out, l
     }
 }
 
+// One input's gradient for a tile: Γ(w3 ⊙ g, w_other ⊙ other) on the input's degrees (G holds the Legendre step of
+// w3 ⊙ g), its lane sums against the input (the weight gradient, if acc), then times the input's weight, to rows
+// of grad. Scratch: xin [k_other][TILE], F for other's Legendre step, C, xo and z.
+template <typename T>
+static void input_gradient(const Product<T> &P, const T *G, const T *other, int k_other, const T *S_other,
+                           const T *input, int k, const T *S, long row0, int n, T *xin, T *F, T *C, T *xo, T *z,
+                           T *acc, T *grad) {
+    transpose_in(other, k_other, row0, n, xin);
+    if (S_other) scale(xin, S_other, k_other);
+    legendre(P.leg_b, P.Lb, P.n_theta, xin, F);
+    product(P, G, F, C, xo);
+    if (acc) {
+        transpose_in(input, k, row0, n, z);
+        accumulate(acc, xo, z, k);
+    }
+    if (S) scale(xo, S, k);
+    transpose_out(xo, k, row0, n, grad);
+}
+
 // Px: (L3, L2) -> L1 and Py: (L3, L1) -> L2, both with the output's degree L3 in role a. Weight gradients are
 // summed per lane over the tiles (vector FMAs) and folded into channels at the end (or per tile when the
 // channel count does not divide TILE).
@@ -353,6 +372,11 @@ static void gaunt_backward(const Product<T> &Px, const Product<T> &Py, const T *
         Scales<T> s(w1, k1, w2, k2, w3, k3, channels, scratch);
         T *dot = (T *)calloc((size_t)channels * (k1 + k2 + k3), sizeof(T));
         T *dot1 = dot, *dot2 = dot1 + (size_t)channels * k1, *dot3 = dot2 + (size_t)channels * k2;
+        auto fold_all = [&](long row0) {
+            if (acc1) fold(acc1, k1, row0, channels, dot1);
+            if (acc2) fold(acc2, k2, row0, channels, dot2);
+            if (acc3) fold(acc3, k3, row0, channels, dot3);
+        };
 #pragma omp for schedule(static)
         for (long tile = 0; tile < n_tiles; tile++) {
             const long row0 = tile * TILE;
@@ -365,41 +389,12 @@ static void gaunt_backward(const Product<T> &Px, const Product<T> &Py, const T *
             }
             if (w3) scale(xg, s.S[2], k3);
             legendre(Px.leg_a, L3, nt, xg, G);
-            if (gx) {
-                transpose_in(y, k2, row0, n, xy);
-                if (w2) scale(xy, s.S[1], k2);
-                legendre(Px.leg_b, L2, nt, xy, Y);
-                product(Px, G, Y, C, xo);
-                if (acc1) {
-                    transpose_in(x, k1, row0, n, z);
-                    accumulate(acc1, xo, z, k1);
-                }
-                if (w1) scale(xo, s.S[0], k1);
-                transpose_out(xo, k1, row0, n, gx);
-            }
-            if (gy) {
-                transpose_in(x, k1, row0, n, xx);
-                if (w1) scale(xx, s.S[0], k1);
-                legendre(Py.leg_b, L1, nt, xx, X);
-                product(Py, G, X, C, xo);
-                if (acc2) {
-                    transpose_in(y, k2, row0, n, z);
-                    accumulate(acc2, xo, z, k2);
-                }
-                if (w2) scale(xo, s.S[1], k2);
-                transpose_out(xo, k2, row0, n, gy);
-            }
-            if (!s.fixed) {
-                if (acc1) fold(acc1, k1, row0, channels, dot1);
-                if (acc2) fold(acc2, k2, row0, channels, dot2);
-                if (acc3) fold(acc3, k3, row0, channels, dot3);
-            }
+            const T *S1 = w1 ? s.S[0] : nullptr, *S2 = w2 ? s.S[1] : nullptr;
+            if (gx) input_gradient(Px, G, y, k2, S2, x, k1, S1, row0, n, xy, Y, C, xo, z, acc1, gx);
+            if (gy) input_gradient(Py, G, x, k1, S1, y, k2, S2, row0, n, xx, X, C, xo, z, acc2, gy);
+            if (!s.fixed) fold_all(row0);
         }
-        if (s.fixed) {
-            if (acc1) fold(acc1, k1, 0, channels, dot1);
-            if (acc2) fold(acc2, k2, 0, channels, dot2);
-            if (acc3) fold(acc3, k3, 0, channels, dot3);
-        }
+        if (s.fixed) fold_all(0);
         if (gw1) reduce(dot1, gw1, (size_t)channels * k1);
         if (gw2) reduce(dot2, gw2, (size_t)channels * k2);
         if (gw3) reduce(dot3, gw3, (size_t)channels * k3);
