@@ -32,7 +32,7 @@ from torch import Tensor
 __all__ = ["available", "backward", "disabled", "forward", "plan"]
 
 _SOURCE = Path(__file__).with_name("csrc") / "gaunt_product.cpp"
-_FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
+_FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
 
@@ -47,27 +47,44 @@ def _cpu_name() -> str:
     return model + flags
 
 
+def build(flags: tuple[str, ...] = _FLAGS, compiler: str | None = None) -> ctypes.CDLL:
+    """Compile the kernel with ``flags`` (once per source, compiler, flags and CPU; cached) and load it.
+
+    Raises:
+        OSError, subprocess.SubprocessError: no compiler, or the compilation failed.
+    """
+    compiler = compiler or os.environ.get("CXX", "c++")
+    cache = Path(os.environ.get("GEOMOL_CACHE", Path.home() / ".cache" / "geomol")) / "kernels"
+    source = _SOURCE.read_bytes()
+    key = hashlib.sha256(source + " ".join([compiler, *flags, _cpu_name()]).encode()).hexdigest()[:16]
+    path = cache / f"gaunt_product_{key}.so"
+    if not path.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        # Compile to a temporary name, then rename: concurrent first uses never load a half-written file.
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            built = Path(tmp) / path.name
+            subprocess.run(
+                [compiler, *flags, "-o", str(built), str(_SOURCE)], check=True, capture_output=True, timeout=120
+            )
+            os.replace(built, path)
+    library = ctypes.CDLL(str(path))
+    pointer, integer, long = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
+    product = [pointer] * 8  # Legendre tables of the three roles, K values, group starts, order pairs
+    for suffix in _SUFFIX.values():
+        forward, backward = getattr(library, f"gaunt_forward_{suffix}"), getattr(library, f"gaunt_backward_{suffix}")
+        forward.restype = backward.restype = None
+        forward.argtypes = [*[integer] * 4, *product, *[pointer] * 3, long, *[pointer] * 3, integer, integer]
+        backward.argtypes = [*[integer] * 4, *product, *product, *[pointer] * 6, long, *[pointer] * 6, integer, integer]
+    return library
+
+
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    """Compile (once per source, flags and CPU) and load the kernel; None if that is not possible here."""
+    """The kernel for this CPU (``-march=native``), or None (with a warning) if it cannot be built here."""
     if os.environ.get("GEOMOL_GAUNT_KERNEL", "1") == "0":
         return None
-    compiler = os.environ.get("CXX", "c++")
-    cache = Path(os.environ.get("GEOMOL_CACHE", Path.home() / ".cache" / "geomol")) / "kernels"
     try:
-        source = _SOURCE.read_bytes()
-        key = hashlib.sha256(source + " ".join([compiler, *_FLAGS, _cpu_name()]).encode()).hexdigest()[:16]
-        path = cache / f"gaunt_product_{key}.so"
-        if not path.exists():
-            cache.mkdir(parents=True, exist_ok=True)
-            # Compile to a temporary name, then rename: concurrent first uses never load a half-written file.
-            with tempfile.TemporaryDirectory(dir=cache) as tmp:
-                built = Path(tmp) / path.name
-                subprocess.run(
-                    [compiler, *_FLAGS, "-o", str(built), str(_SOURCE)], check=True, capture_output=True, timeout=120
-                )
-                os.replace(built, path)
-        library = ctypes.CDLL(str(path))
+        return build()
     except (OSError, subprocess.SubprocessError) as error:
         detail = getattr(error, "stderr", b"") or b""
         warnings.warn(
@@ -77,14 +94,6 @@ def _library() -> ctypes.CDLL | None:
             stacklevel=3,
         )
         return None
-    pointer, integer, long = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
-    product = [pointer] * 8  # Legendre tables of the three roles, K values, group starts, order pairs
-    for suffix in _SUFFIX.values():
-        forward, backward = getattr(library, f"gaunt_forward_{suffix}"), getattr(library, f"gaunt_backward_{suffix}")
-        forward.restype = backward.restype = None
-        forward.argtypes = [*[integer] * 4, *product, *[pointer] * 3, long, *[pointer] * 3, integer, integer]
-        backward.argtypes = [*[integer] * 4, *product, *product, *[pointer] * 6, long, *[pointer] * 6, integer, integer]
-    return library
 
 
 _enabled = True

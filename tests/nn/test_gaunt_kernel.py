@@ -110,3 +110,22 @@ def test_output_weight_gradient_where_a_weight_is_zero():
     _, ref_grads = product_and_gradients(tp, x, y, grad, fused=False)
     assert grads[4][1, 2] != 0
     torch.testing.assert_close(grads[4], ref_grads[4], rtol=1e-11, atol=1e-11)
+
+
+def test_portable_build_without_avx512_agrees(tmp_path, monkeypatch):
+    """CPUs without AVX-512 take the generic transposes: build for plain x86-64-v2 and compare with the torch path."""
+    if "x86_64" not in os.uname().machine:
+        pytest.skip("the portable flags below are for x86-64")
+    monkeypatch.setenv("GEOMOL_CACHE", str(tmp_path))
+    flags = tuple(f for f in gaunt_kernel._FLAGS if not f.startswith("-march")) + ("-march=x86-64-v2",)
+    library = gaunt_kernel.build(flags)
+    monkeypatch.setattr(gaunt_kernel, "_library", lambda: library)
+    g = torch.Generator().manual_seed(3)
+    tp = GauntTensorProduct(3, 2, 3, channels=16)
+    x, y = torch.randn(70, 16, 16, generator=g), torch.randn(70, 16, 9, generator=g)
+    grad = torch.randn(70, 16, 16, generator=g)
+    out, grads = product_and_gradients(tp, x, y, grad, fused=True)
+    ref_out, ref_grads = product_and_gradients(tp, x, y, grad, fused=False)
+    torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-4)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-3)
