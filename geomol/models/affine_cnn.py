@@ -60,10 +60,11 @@ def _head(channels: int, hidden: int, num_classes: int, dropout: float, norm: st
 class AffineCNN(nn.Module):
     """Lie-group CNN on R² ⋊ GL⁺(2) or R² ⋊ SL(2) (Mironenco & Forré 2024, affNIST model).
 
-    Every forward pass draws one set of group samples shared by all layers (residual connections need
-    input and output on the same samples). In training the set is new at every step, from a stream
-    seeded by ``seed`` (the step count is a buffer, so a resumed run continues the stream); in eval
-    mode it is always the same set, so evaluation is deterministic. ``eval_num_samples`` may differ
+    Every forward pass uses one set of group samples shared by all layers (residual connections need
+    input and output on the same samples). With ``resample=True`` (the paper's scheme) training draws
+    a new set at every step, from a stream seeded by ``seed`` (the step count is a buffer, so a resumed
+    run continues the stream); with ``resample=False`` training uses the same fixed set as eval mode,
+    whose set is always the same, so evaluation is deterministic. ``eval_num_samples`` may differ
     from ``num_samples`` (kernels are continuous in the group), but with equidistant angles the kernels
     were only trained on the training grid's relative turns: keep the two equal there (in our short
     CPU runs a denser eval grid lost accuracy).
@@ -83,6 +84,10 @@ class AffineCNN(nn.Module):
         spd_std: std of the log-normal SPD factor's chart coordinates (paper: variance 0.1).
         angles: rotation sampling, ``"equidistant"`` or ``"uniform"``.
         angle_range: fraction of the circle the rotation samples cover (1: all of it).
+        spd_sampling: SPD factor sampling, ``"random"`` (i.i.d. log-normal) or ``"quasi"`` (deterministic
+            Gaussian quantiles of a Halton set; see :meth:`~geomol.nn.liegroup.LinearGroup2.sample`).
+        resample: draw new samples at every training step; False trains on the fixed eval-mode set
+            (of ``num_samples`` elements), which removes the sampling noise from the gradients.
         head_hidden, head_norm, dropout: classifier MLP (``head_norm``: ``"batch"`` or ``"layer"``).
         seed: seed of the group-sample stream.
     """
@@ -106,6 +111,8 @@ class AffineCNN(nn.Module):
         spd_std: float = math.sqrt(0.1),
         angles: str = "equidistant",
         angle_range: float = 1.0,
+        spd_sampling: str = "random",
+        resample: bool = True,
         head_hidden: int = 256,
         head_norm: str = "batch",
         dropout: float = 0.3,
@@ -118,8 +125,8 @@ class AffineCNN(nn.Module):
             )
         self.group = get_group(group)
         self.num_samples, self.eval_num_samples = num_samples, eval_num_samples or num_samples
-        self.sampler = dict(spd_std=spd_std, angles=angles, angle_range=angle_range)
-        self.seed = seed
+        self.sampler = dict(spd_std=spd_std, angles=angles, angle_range=angle_range, spd_sampling=spd_sampling)
+        self.seed, self.resample = seed, resample
         kernel_args = dict(
             hidden_features=hidden_features,
             num_layers=siren_layers,
@@ -144,13 +151,12 @@ class AffineCNN(nn.Module):
 
     def group_samples(self) -> Tensor:
         """This forward pass's samples ``[N, 2, 2]`` (float64; each layer casts what it derives)."""
-        if self.training:
+        if self.training and self.resample:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.sample_step) + 1)
             self.sample_step += 1
-            num = self.num_samples
         else:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003)
-            num = self.eval_num_samples
+        num = self.num_samples if self.training else self.eval_num_samples
         samples = self.group.sample(num, generator=generator, **self.sampler)
         return samples.to(self.sample_step.device)
 

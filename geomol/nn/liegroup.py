@@ -51,9 +51,28 @@ __all__ = [
 ]
 
 AngleSampling = Literal["equidistant", "uniform"]
+SPDSampling = Literal["random", "quasi"]
 
 # Below this, ratios like atanh(s)/s and sinh(r)/r switch to their Taylor series (error < 1e-16).
 _SMALL = 1e-4
+
+
+def _halton(num: int, dim: int) -> Tensor:  # -> [num, dim] in (0, 1), float64
+    """The first ``num`` points (from index 1, so none is 0) of the Halton sequence in bases 2, 3, 5, ...
+
+    A low-discrepancy set: its empirical law is close to uniform already for a few points, unlike i.i.d. draws.
+    """
+    primes = (2, 3, 5, 7, 11, 13)[:dim]
+    points = torch.zeros(num, dim, dtype=torch.float64)
+    for d, base in enumerate(primes):
+        for i in range(num):
+            k, f, value = i + 1, 1.0, 0.0
+            while k > 0:  # radical inverse: the base-`base` digits of k mirrored behind the point
+                f /= base
+                value += f * (k % base)
+                k //= base
+            points[i, d] = value
+    return points
 
 
 def _rotation(theta: Tensor) -> Tensor:  # [...] -> [..., 2, 2]
@@ -176,6 +195,7 @@ class LinearGroup2:
         spd_std: float = math.sqrt(0.1),
         angles: AngleSampling = "equidistant",
         angle_range: float = 1.0,
+        spd_sampling: SPDSampling = "random",
         generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float64,
         device: torch.device | str | None = None,
@@ -191,6 +211,10 @@ class LinearGroup2:
                 ``"uniform"``: i.i.d. uniform on ``[-rπ, rπ]``.
             angle_range: ``r`` in ``(0, 1]``, the fraction of the circle the angles cover (the authors'
                 ``ortho_bounds``); below 1 the layers see only rotations up to ``±rπ``.
+            spd_sampling: ``"random"``: i.i.d. Gaussian chart coordinates of ``X`` (the paper's sampler);
+                ``"quasi"``: Gaussian quantiles ``spd_std·Φ⁻¹(u_k)`` of the Halton points ``u_k``
+                (deterministic and evenly spread, so a few samples already cover the log-normal law's
+                bulk; with equidistant angles the whole set is deterministic).
             generator: CPU ``torch.Generator`` for reproducible draws.
         """
         if num_samples < 1:
@@ -199,7 +223,12 @@ class LinearGroup2:
             raise ValueError(f"spd_std must be non-negative, got {spd_std}")
         if not 0 < angle_range <= 1:
             raise ValueError(f"angle_range must be in (0, 1], got {angle_range}")
-        v = spd_std * torch.randn(num_samples, self.dim - 1, generator=generator, dtype=torch.float64)
+        if spd_sampling == "random":
+            v = spd_std * torch.randn(num_samples, self.dim - 1, generator=generator, dtype=torch.float64)
+        elif spd_sampling == "quasi":
+            v = spd_std * torch.special.ndtri(_halton(num_samples, self.dim - 1))
+        else:
+            raise ValueError(f"spd_sampling must be 'random' or 'quasi', got {spd_sampling!r}")
         half_width = angle_range * math.pi
         if angles == "equidistant":
             k = torch.arange(num_samples, dtype=torch.float64)

@@ -48,6 +48,29 @@ def test_group_samples_stream():
         AffineCNN(head_norm="group", **SMALL)
 
 
+def test_fixed_samples_without_resampling():
+    """resample=False trains on the eval-mode set: the same samples at every step, in train and eval mode;
+    with quasi SPD factors and equidistant angles the set does not depend on the seed either."""
+    net = AffineCNN(group="sl2", num_samples=6, resample=False, spd_sampling="quasi", seed=3, **SMALL)
+    first = net.group_samples()
+    assert torch.equal(first, net.group_samples()) and int(net.sample_step) == 0
+    other = AffineCNN(group="sl2", num_samples=6, resample=False, spd_sampling="quasi", seed=9, **SMALL)
+    assert torch.equal(other.group_samples(), first)
+    net.eval()
+    assert torch.equal(net.group_samples(), first)
+    x = torch.rand(2, 1, 40, 40)
+    torch.testing.assert_close(net(x), net(x))
+    # The random sampler with a fixed set: still the eval set, now seed dependent.
+    random = AffineCNN(group="gl2", num_samples=5, resample=False, seed=3, **SMALL)
+    train_set = random.group_samples()
+    assert torch.equal(train_set, random.eval().group_samples())
+    assert not torch.equal(
+        train_set, AffineCNN(group="gl2", num_samples=5, resample=False, seed=4, **SMALL).group_samples()
+    )
+    with pytest.raises(ValueError, match="spd_sampling"):
+        AffineCNN(spd_sampling="grid", **SMALL)
+
+
 @pytest.mark.parametrize("group", ["gl2", "sl2"])
 def test_one_training_step_lowers_the_loss_on_mnist_digits(group, fixtures_dir):
     """One Adam step of the configured size (the paper's lr 2e-4) on 64 real digits, in training mode,

@@ -98,6 +98,29 @@ def test_sampler_is_seeded_and_log_normal(group):
     assert uniform.abs().max() <= 0.1 * math.pi and uniform.abs().max() > 0.09 * math.pi
 
 
+@pytest.mark.parametrize("group", GROUPS, ids=IDS)
+def test_quasi_spd_sampler_is_deterministic_and_matches_the_log_normal_law(group):
+    """The Halton-quantile SPD factor ignores the generator, stays in the group, and its chart
+    coordinates match the Gaussian law's mean and std better than the same number of i.i.d. draws do on average."""
+    draw = lambda n, gen=None: group.sample(n, spd_std=0.3, spd_sampling="quasi", generator=gen)  # noqa: E731
+    a = draw(256)
+    assert torch.equal(a, draw(256, torch.Generator().manual_seed(5))) and group.contains(a)
+    v = group.log_chart(a)[:, :-1]
+    # The SPD factors are a prefix of one sequence: more samples refine the set.
+    torch.testing.assert_close(group.log_chart(draw(16))[:, :-1], v[:16])
+    quasi_error = (v.mean(0).abs().max() + (v.std(0) - 0.3).abs().max()).item()
+    random_errors = []
+    for seed in range(8):
+        w = group.log_chart(group.sample(256, spd_std=0.3, generator=torch.Generator().manual_seed(seed)))[:, :-1]
+        random_errors.append((w.mean(0).abs().max() + (w.std(0) - 0.3).abs().max()).item())
+    random_error = sum(random_errors) / len(random_errors)
+    assert quasi_error < 0.02 and quasi_error < 0.5 * random_error, (quasi_error, random_errors)
+    # Each coordinate's values are distinct Gaussian quantiles (no repeated SPD factor).
+    assert len(torch.unique(v[:, 0])) == 256
+    with pytest.raises(ValueError, match="spd_sampling"):
+        group.sample(4, spd_sampling="sobol")
+
+
 def test_bad_input_raises():
     with pytest.raises(ValueError, match="det"):
         GL2().polar(torch.diag(torch.tensor([1.0, -1.0])))
