@@ -38,6 +38,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--angle-range", type=float, default=0.25, help="rotation samples cover ±angle_range·π")
     parser.add_argument("--angles", choices=["equidistant", "uniform"], default="equidistant")
     parser.add_argument("--spd-std", type=float, default=0.15, help="std of the log-normal SPD factor")
+    parser.add_argument("--spd-sampling", choices=["random", "quasi"], default="quasi")
+    parser.add_argument("--spd-cycle", type=int, default=0, help="distinct SPD factors, repeated over the angles")
+    parser.add_argument(
+        "--mix-samples",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="group convolutions integrate over the samples (else: a max over transformed views)",
+    )
+    parser.add_argument(
+        "--resample",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="new group samples at every training step (the paper) instead of one fixed set",
+    )
+    parser.add_argument("--omega-0", type=float, default=3.0, help="SIREN frequency")
     parser.add_argument("--mask-radius", type=float, default=1.0)
     parser.add_argument("--mask-slope", type=float, default=2.0)
     parser.add_argument("--channels", type=int, default=16)
@@ -50,7 +65,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--test-size", type=int, default=5000, help="test digits (centred and affNIST-style)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
@@ -157,6 +172,11 @@ def main() -> None:
         "angles": args.angles,
         "angle_range": args.angle_range,
         "spd_std": args.spd_std,
+        "spd_sampling": args.spd_sampling,
+        "spd_cycle": args.spd_cycle,
+        "mix_samples": args.mix_samples,
+        "resample": args.resample,
+        "omega_0": args.omega_0,
         "mask_radius": args.mask_radius,
         "mask_slope": args.mask_slope,
         "head_hidden": args.head_hidden,
@@ -180,7 +200,8 @@ def main() -> None:
         f"train {len(data.train_set)} centred digits × {args.epochs} epochs (batch {args.batch_size}), "
         f"test {len(data.test_set)} digits; {args.threads} CPU thread(s); AffineCNN {args.group} "
         f"C={args.channels} N={args.num_samples} (eval N={args.eval_num_samples or args.num_samples}), "
-        f"angles {args.angles} ±{args.angle_range}π, SPD std {args.spd_std}; PlainCNN C={cnn_channels}",
+        f"angles {args.angles} ±{args.angle_range}π, SPD std {args.spd_std} ({args.spd_sampling}, cycle {args.spd_cycle}), "
+        f"{'resampled' if args.resample else 'fixed'} samples, ω₀={args.omega_0}; PlainCNN C={cnn_channels}",
         flush=True,
     )
     rows = [run(f"AffineCNN[{args.group}]", affine_task, data, args), run("PlainCNN", cnn_task, data, args)]

@@ -86,6 +86,12 @@ class AffineCNN(nn.Module):
         angle_range: fraction of the circle the rotation samples cover (1: all of it).
         spd_sampling: SPD factor sampling, ``"random"`` (i.i.d. log-normal) or ``"quasi"`` (deterministic
             Gaussian quantiles of a Halton set; see :meth:`~geomol.nn.liegroup.LinearGroup2.sample`).
+        spd_cycle: number of distinct SPD factors, repeated over the angles (0: one per sample); see
+            :meth:`~geomol.nn.liegroup.LinearGroup2.sample`. With a fixed set (``resample=False``) and a
+            full grid of angles, 1 keeps the logits exactly invariant to the grid's turns.
+        mix_samples: group convolutions integrate over the samples (True, the paper) or act on each
+            sample's slice alone (False: a max over transformed views of one CNN; see
+            :class:`~geomol.nn.liegroup.GroupConv`).
         resample: draw new samples at every training step; False trains on the fixed eval-mode set
             (of ``num_samples`` elements), which removes the sampling noise from the gradients.
         head_hidden, head_norm, dropout: classifier MLP (``head_norm``: ``"batch"`` or ``"layer"``).
@@ -112,6 +118,8 @@ class AffineCNN(nn.Module):
         angles: str = "equidistant",
         angle_range: float = 1.0,
         spd_sampling: str = "random",
+        spd_cycle: int = 0,
+        mix_samples: bool = True,
         resample: bool = True,
         head_hidden: int = 256,
         head_norm: str = "batch",
@@ -125,7 +133,9 @@ class AffineCNN(nn.Module):
             )
         self.group = get_group(group)
         self.num_samples, self.eval_num_samples = num_samples, eval_num_samples or num_samples
-        self.sampler = dict(spd_std=spd_std, angles=angles, angle_range=angle_range, spd_sampling=spd_sampling)
+        self.sampler = dict(
+            spd_std=spd_std, angles=angles, angle_range=angle_range, spd_sampling=spd_sampling, spd_cycle=spd_cycle
+        )
         self.seed, self.resample = seed, resample
         kernel_args = dict(
             hidden_features=hidden_features,
@@ -138,8 +148,8 @@ class AffineCNN(nn.Module):
         self.lift_norm = GroupLayerNorm(channels)
         self.blocks = nn.ModuleList(
             _ResidualBlock(
-                GroupConv(self.group, channels, channels, kernel_size, **kernel_args),
-                GroupConv(self.group, channels, channels, kernel_size, **kernel_args),
+                GroupConv(self.group, channels, channels, kernel_size, mix_samples=mix_samples, **kernel_args),
+                GroupConv(self.group, channels, channels, kernel_size, mix_samples=mix_samples, **kernel_args),
                 channels,
             )
             for _ in range(num_blocks)

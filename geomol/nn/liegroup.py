@@ -196,6 +196,7 @@ class LinearGroup2:
         angles: AngleSampling = "equidistant",
         angle_range: float = 1.0,
         spd_sampling: SPDSampling = "random",
+        spd_cycle: int = 0,
         generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float64,
         device: torch.device | str | None = None,
@@ -215,6 +216,13 @@ class LinearGroup2:
                 ``"quasi"``: Gaussian quantiles ``spd_std·Φ⁻¹(u_k)`` of the Halton points ``u_k``
                 (deterministic and evenly spread, so a few samples already cover the log-normal law's
                 bulk; with equidistant angles the whole set is deterministic).
+            spd_cycle: 0: ``g_k = exp(X_k)·R(θ_k)``, every sample with its own SPD factor. ``c > 0``: only
+                ``c`` SPD factors, repeated cyclically and put right of the rotation, ``g_k = R(θ_k)·exp(X_{k mod c})``
+                (the same law, since an isotropic ``X`` and ``R X Rᵀ`` are alike). Then a left turn by ``c``
+                steps of a full equidistant grid (``N`` divisible by ``c``) maps the set onto itself, so the
+                layers are exactly equivariant to those turns; with ``spd_cycle=0`` the set is closed only
+                when ``spd_std = 0``, and a network trained on one fixed set can learn to tell its
+                orientations apart by their different SPD factors.
             generator: CPU ``torch.Generator`` for reproducible draws.
         """
         if num_samples < 1:
@@ -223,10 +231,13 @@ class LinearGroup2:
             raise ValueError(f"spd_std must be non-negative, got {spd_std}")
         if not 0 < angle_range <= 1:
             raise ValueError(f"angle_range must be in (0, 1], got {angle_range}")
+        if spd_cycle < 0:
+            raise ValueError(f"spd_cycle must be non-negative, got {spd_cycle}")
+        num_spd = min(spd_cycle, num_samples) or num_samples
         if spd_sampling == "random":
-            v = spd_std * torch.randn(num_samples, self.dim - 1, generator=generator, dtype=torch.float64)
+            v = spd_std * torch.randn(num_spd, self.dim - 1, generator=generator, dtype=torch.float64)
         elif spd_sampling == "quasi":
-            v = spd_std * torch.special.ndtri(_halton(num_samples, self.dim - 1))
+            v = spd_std * torch.special.ndtri(_halton(num_spd, self.dim - 1))
         else:
             raise ValueError(f"spd_sampling must be 'random' or 'quasi', got {spd_sampling!r}")
         half_width = angle_range * math.pi
@@ -237,7 +248,11 @@ class LinearGroup2:
             theta = half_width * (2.0 * torch.rand(num_samples, generator=generator, dtype=torch.float64) - 1.0)
         else:
             raise ValueError(f"angles must be 'equidistant' or 'uniform', got {angles!r}")
-        g = self.exp_chart(torch.cat((v, theta.unsqueeze(-1)), dim=-1))
+        if spd_cycle == 0:
+            g = self.exp_chart(torch.cat((v, theta.unsqueeze(-1)), dim=-1))
+        else:
+            spd = sym_exp(self.spd_from_coordinates(v))  # [c, 2, 2]
+            g = _rotation(theta) @ spd[torch.arange(num_samples) % num_spd]
         return g.to(dtype=dtype, device=device)
 
     def __repr__(self) -> str:
@@ -483,6 +498,13 @@ class GroupConv(_SampledConv):
     input's samples and ``h_i`` the output's (the same ones by default, as a residual connection needs).
     ``padding=None`` keeps the spatial size.
 
+    With ``mix_samples=False`` the kernel is supported at ``h_i⁻¹h_j = e`` only: every sample's slice gets
+    its own transformed spatial convolution ``Σ_u k(h_i⁻¹u, ξ⁻¹(e)) f(x + u, h_i) / |det h_i|``. A network
+    of such layers computes, on each sample ``h``, one shared CNN on the view ``h⁻¹·f`` (its slices never
+    meet before the final pooling, so none can tell where in the set it lies, as boundary samples of a
+    bounded set otherwise can); the global max over samples is then a max over transformed views
+    (TI-pooling, Laptev et al. 2016), at a cost linear instead of quadratic in ``N``.
+
     Args:
         group: ``"gl2"``, ``"sl2"`` or a :class:`LinearGroup2`.
         in_channels, out_channels: channels.
@@ -492,6 +514,8 @@ class GroupConv(_SampledConv):
         hidden_features, num_layers, omega_0: the SIREN kernel network.
         mask_radius: radius of the smooth mask on the kernel's coordinates; None for no mask.
         mask_slope: steepness of the mask's edge.
+        mix_samples: integrate over the input samples (True) or keep each sample's slice apart (False;
+            then ``samples_out`` must be ``samples_in``).
 
     Shapes:
         x ``[B, C_in, N_in, H, W]``, samples_in ``[N_in, 2, 2]``, samples_out ``[N_out, 2, 2]``
@@ -511,8 +535,10 @@ class GroupConv(_SampledConv):
         omega_0: float = 10.0,
         mask_radius: float | None = 1.0,
         mask_slope: float = 2.0,
+        mix_samples: bool = True,
     ) -> None:
         group = get_group(group)
+        self.mix_samples = mix_samples
         super().__init__(
             group,
             in_channels,
@@ -554,10 +580,29 @@ class GroupConv(_SampledConv):
                 f"GroupConv expects features [B, {self.in_channels}, {samples_in.shape[0]}, H, W] "
                 f"(one slice per input sample), got {tuple(x.shape)}"
             )
+        if not self.mix_samples:
+            if samples_out is not samples_in and not torch.equal(samples_out, samples_in):
+                raise ValueError(
+                    "GroupConv with mix_samples=False maps each sample to itself; samples_out must be samples_in"
+                )
+            kernel = self.diagonal_kernel(samples_in)  # [N, C_out, C_in, k, k]
+            n, c_out, c_in, k, _ = kernel.shape
+            y = F.conv2d(
+                x.transpose(1, 2).flatten(1, 2), kernel.reshape(n * c_out, c_in, k, k), padding=self.padding, groups=n
+            )
+            return self._add_bias(y.view(x.shape[0], n, c_out, *y.shape[-2:]).transpose(1, 2))
         kernel = self.kernel(samples_in, samples_out)
         c_out, n_out, c_in, n_in, k, _ = kernel.shape
         y = F.conv2d(x.flatten(1, 2), kernel.reshape(c_out * n_out, c_in * n_in, k, k), padding=self.padding)
         return self._add_bias(y.view(x.shape[0], c_out, n_out, *y.shape[-2:]))
+
+    def diagonal_kernel(self, samples: Tensor) -> Tensor:
+        """Weights ``[N, C_out, C_in, k, k]`` of the ``h_i⁻¹h_j = e`` terms, chart coordinates ``ξ⁻¹(e) = 0``."""
+        u, volume = self.transformed_offsets(samples)  # [N, k², 2], [N]
+        coords = torch.cat((u, u.new_zeros(*u.shape[:2], self.group.dim)), dim=-1)
+        values = self.siren(coords) * self.mask(coords) * volume[:, None, None]  # [N, k², C_out·C_in]
+        k = self.kernel_size
+        return values.view(-1, k, k, self.out_channels, self.in_channels).permute(0, 3, 4, 1, 2)
 
 
 class GroupLayerNorm(nn.Module):

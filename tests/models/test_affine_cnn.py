@@ -32,6 +32,41 @@ def test_affine_cnn_is_invariant_to_quarter_turns(group):
     assert (cnn(torch.rot90(x, 1, (2, 3))) - cnn(x)).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("group", ["gl2", "sl2"])
+def test_fixed_rotation_closed_samples_keep_quarter_turn_invariance(group):
+    """With a non-trivial SPD factor the set is closed under quarter turns only when the SPD factors
+    cycle with the angles (spd_cycle=1 or 2 for 8 angles); then the logits are exactly invariant."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 40, 40, dtype=torch.float64)
+    errors = {}
+    for cycle in (0, 1, 2):
+        net = AffineCNN(
+            group=group, num_samples=8, spd_std=0.3, spd_sampling="quasi", spd_cycle=cycle, resample=False, **SMALL
+        )
+        net = net.double().eval()
+        with torch.no_grad():
+            logits = net(x)
+            errors[cycle] = max((net(torch.rot90(x, k, (2, 3))) - logits).abs().max().item() for k in (1, 2, 3))
+    assert errors[1] < 1e-10 and errors[2] < 1e-10 and errors[0] > 1e-4, errors
+    # Group convolutions that keep the slices apart (a max over transformed views) keep the invariance.
+    views = (
+        AffineCNN(
+            group=group,
+            num_samples=8,
+            spd_std=0.3,
+            spd_sampling="quasi",
+            spd_cycle=1,
+            resample=False,
+            mix_samples=False,
+            **SMALL,
+        )
+        .double()
+        .eval()
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(views(torch.rot90(x, 1, (2, 3))), views(x), rtol=1e-9, atol=1e-10)
+
+
 def test_group_samples_stream():
     net = AffineCNN(group="gl2", num_samples=5, eval_num_samples=7, seed=3, **SMALL)
     first, second = net.group_samples(), net.group_samples()

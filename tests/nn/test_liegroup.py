@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from geomol.nn.liegroup import (
     GL2,
@@ -121,6 +122,23 @@ def test_quasi_spd_sampler_is_deterministic_and_matches_the_log_normal_law(group
         group.sample(4, spd_sampling="sobol")
 
 
+@pytest.mark.parametrize("group", GROUPS, ids=IDS)
+def test_spd_cycle_closes_the_set_under_turns_and_keeps_the_law(group):
+    """With c SPD factors repeated right of N equidistant turns, a left turn by c grid steps permutes the
+    samples; the SPD factor of the polar form P·R is then R exp(X) Rᵀ, which has the law of exp(X)."""
+    num, cycle = 12, 3
+    g = group.sample(num, spd_std=0.4, spd_sampling="quasi", spd_cycle=cycle)
+    assert group.contains(g)
+    turn = group.exp_chart(torch.tensor([0.0] * (group.dim - 1) + [2 * math.pi * cycle / num], dtype=torch.float64))
+    torch.testing.assert_close(group.compose(turn, g), torch.roll(g, -cycle, dims=0))
+    # The same law as the independent sampler: isotropic Gaussian chart coordinates of log P.
+    gen = torch.Generator().manual_seed(3)
+    v = group.log_chart(group.sample(4000, spd_std=0.3, angles="uniform", spd_cycle=4000, generator=gen))[:, :-1]
+    torch.testing.assert_close(v.std(dim=0), torch.full_like(v[0], 0.3), rtol=0.05, atol=0)
+    with pytest.raises(ValueError, match="spd_cycle"):
+        group.sample(4, spd_cycle=-1)
+
+
 def test_bad_input_raises():
     with pytest.raises(ValueError, match="det"):
         GL2().polar(torch.diag(torch.tensor([1.0, -1.0])))
@@ -157,6 +175,32 @@ def test_layers_are_exactly_equivariant_to_quarter_turns(name):
     # A relabelling of the samples only permutes the group axis.
     perm = torch.randperm(5)
     torch.testing.assert_close(conv(out[:, :, perm], samples[perm]), conv(out, samples)[:, :, perm])
+    # The same holds when each sample's slice is convolved on its own.
+    apart = GroupConv(name, 3, 4, kernel_size=5, mix_samples=False).double()
+    torch.testing.assert_close(
+        apart(out, samples), torch.rot90(apart(out_moved, moved), 1, (3, 4)), rtol=1e-10, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("name", IDS)
+def test_unmixed_group_conv_is_the_diagonal_of_the_integral(name):
+    """mix_samples=False keeps exactly the h_i⁻¹h_j = e terms of the Monte Carlo sum (undone average),
+    i.e. one ordinary convolution per slice with that slice's transformed kernel."""
+    torch.manual_seed(0)
+    samples = _samples(get_group(name), 4, spd_std=0.3)
+    apart = GroupConv(name, 3, 2, kernel_size=5, mix_samples=False).double()
+    mixed = GroupConv(name, 3, 2, kernel_size=5).double()
+    mixed.load_state_dict(apart.state_dict())
+    with torch.no_grad():
+        apart.bias.normal_()
+        mixed.bias.copy_(apart.bias)
+        x = torch.randn(2, 3, 4, 9, 9, dtype=torch.float64)
+        full = mixed.kernel(samples, samples) * len(samples)  # [C_out, N, C_in, N, k, k]
+        slices = [F.conv2d(x[:, :, i], full[:, i, :, i], padding=2) for i in range(len(samples))]
+        expected = torch.stack(slices, dim=2) + apart.bias.view(1, -1, 1, 1, 1)
+        torch.testing.assert_close(apart(x, samples), expected, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="samples_out"):
+        apart(x, samples, samples.flip(0))
 
 
 @pytest.mark.parametrize("name", IDS)
