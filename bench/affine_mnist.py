@@ -21,6 +21,8 @@ so their train times are inflated; compare times only within a row pair), one ep
                                                     PlainCNN      27134      157      98.20        92.72
     --epochs 2 (same digits, 2 000 steps)           AffineCNN     26186      471      97.78        93.00
                                                     PlainCNN      27134      107      98.56        93.02
+    --epochs 3 (3 000 steps)                        AffineCNN     26186      601      98.12        93.52
+                                                    PlainCNN      27134      165      98.84        94.10
     --lr 3e-3                                       AffineCNN     26186      358      96.70        87.36
                                                     PlainCNN      27134      157      98.20        91.62
     earlier code: resampled random SPD, ω₀ 10       AffineCNN     26186      347      95.22        81.92
