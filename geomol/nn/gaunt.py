@@ -308,6 +308,11 @@ def _scale_rows(t: Tensor, scale: Tensor | None, out: Tensor | None = None) -> T
     return out
 
 
+def _degree_expand(w: Tensor | None, transform: SphericalGridTransform) -> Tensor | None:
+    """Per-degree weights ``[C, L+1]`` -> per-coefficient ``[C, (L+1)²]`` (None stays None)."""
+    return None if w is None else w.index_select(1, transform.degrees)
+
+
 def _degree_sum(g: Tensor, transform: SphericalGridTransform) -> Tensor:
     """Per-coefficient weight gradient ``[C, (L+1)²]`` -> per-degree ``[C, L+1]`` (sum over orders ``m``)."""
     return g.new_zeros(g.shape[0], transform.lmax + 1).index_add(1, transform.degrees, g)
@@ -338,7 +343,7 @@ class _GauntProduct(torch.autograd.Function):
         ctx.transforms, ctx.channels = (t1, t2, t3), channels
         ctx.fused = gaunt_kernel.available(x, y)
         per_degree = (w1, w2, w3)
-        w1, w2, w3 = (None if w is None else w.index_select(1, t.degrees) for w, t in ((w1, t1), (w2, t2), (w3, t3)))
+        w1, w2, w3 = _degree_expand(w1, t1), _degree_expand(w2, t2), _degree_expand(w3, t3)
         if ctx.fused:
             out = gaunt_kernel.forward(x, y, (t1.lmax, t2.lmax, t3.lmax), t1.degree, w1, w2, w3)
             # The output is kept for ∂L/∂w3 = Σ_rows grad ⊙ out / w3 (no second [rows, K] buffer).
@@ -375,8 +380,8 @@ class _GauntProduct(torch.autograd.Function):
             gyu = apply(grad, x, wd3, wd1, None, t3, t1, t2) if need_y or need_w2 else None
             u = apply(x, y, wd1, wd2, None, t1, t2, t3) if need_w3 else None
             return (
-                _scale_rows(gxu, None if wd1 is None else wd1.index_select(1, t1.degrees)) if need_x else None,
-                _scale_rows(gyu, None if wd2 is None else wd2.index_select(1, t2.degrees)) if need_y else None,
+                _scale_rows(gxu, _degree_expand(wd1, t1)) if need_x else None,
+                _scale_rows(gyu, _degree_expand(wd2, t2)) if need_y else None,
                 _degree_sum(_channel_sum(gxu, x, channels), t1) if need_w1 else None,
                 _degree_sum(_channel_sum(gyu, y, channels), t2) if need_w2 else None,
                 _degree_sum(_channel_sum(grad, u, channels), t3) if need_w3 else None,
@@ -384,7 +389,7 @@ class _GauntProduct(torch.autograd.Function):
                 None,
                 None,
             )
-        w1, w2, w3 = (None if w is None else w.index_select(1, t.degrees) for w, t in ((wd1, t1), (wd2, t2), (wd3, t3)))
+        w1, w2, w3 = _degree_expand(wd1, t1), _degree_expand(wd2, t2), _degree_expand(wd3, t3)
         if ctx.fused:
             # ∂L/∂x = w1 ⊙ Γ(w3 ⊙ grad, w2 ⊙ y) projected on x's degrees, ∂L/∂w1 = Σ_rows Γ(…) ⊙ x, and the same
             # for y, in one pass of the kernel that shares the Legendre step of grad.
