@@ -370,10 +370,14 @@ class _SampledConv(nn.Module):
         omega_0: float,
         mask_radius: float | None,
         mask_slope: float,
+        transform: str,
     ) -> None:
         super().__init__()
         if kernel_size < 3 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd and at least 3, got {kernel_size}")
+        if transform not in ("kernel", "signal"):
+            raise ValueError(f"transform must be 'kernel' or 'signal', got {transform!r}")
+        self.transform = transform
         self.group = get_group(group)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.padding = kernel_size, padding
@@ -396,8 +400,13 @@ class _SampledConv(nn.Module):
         """``h⁻¹·u`` for every sample and window offset ``[N, k², 2]`` and the Haar determinant
         correction ``1/|det h|`` ``[N]`` (ones on SL(2)).
 
-        Group arithmetic runs in float64 (the tensors are tiny); results come in the layer's dtype.
+        With ``transform="signal"`` the kernel is not transformed: the offsets ``u`` themselves and ones
+        (the substitution ``u = h·v`` cancels the determinant). Group arithmetic runs in float64 (the
+        tensors are tiny); results come in the layer's dtype.
         """
+        if self.transform == "signal":
+            n = samples.shape[0]
+            return self.offsets.expand(n, *self.offsets.shape), self.offsets.new_ones(n)
         inv = self.group.inverse(samples.double())
         u = self.group.act(inv.unsqueeze(1), self.offsets.double()).to(self.offsets.dtype)
         volume = torch.linalg.det(inv).abs().to(u.dtype)
@@ -420,8 +429,34 @@ class _SampledConv(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.group.name}, {self.in_channels} -> {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"padding={self.padding}, mask_radius={self.mask_radius}, mask_slope={self.mask_slope}"
+            f"padding={self.padding}, mask_radius={self.mask_radius}, mask_slope={self.mask_slope}, "
+            f"transform={self.transform!r}"
         )
+
+
+def warp(x: Tensor, g: Tensor) -> Tensor:
+    """Resample images at ``g·y``: ``[B, C, H, W]``, ``g [M, 2, 2]`` or ``[B, M, 2, 2]`` -> ``[B, C, M, H, W]``
+    with ``out[b, :, m](y) = x[b](g_m·y)``, ``y`` in pixel units about the canvas centre (bilinear, zeros
+    outside). ``g [M, 2, 2]`` applies the same maps to every image.
+
+    Pixel centres map to pixel centres under quarter turns, so those warps are exact. (``affine_grid`` +
+    ``grid_sample`` do the resampling; only the pixel-unit conjugation and the batching are ours.)
+    """
+    b, c, h, w = x.shape
+    shared = g.dim() == 3
+    scale = torch.tensor([2.0 / w, 2.0 / h], dtype=torch.float64, device=g.device)
+    # Normalized coordinates (x, y) ∈ [-1, 1]: n = S·p with S = diag(2/W, 2/H); the map is S g S⁻¹.
+    theta = scale[:, None] * g.double() / scale[None, :]  # [(B,) M, 2, 2]
+    theta = theta.reshape(-1, 2, 2)
+    m = theta.shape[0] if shared else g.shape[1]
+    theta = torch.cat((theta, theta.new_zeros(theta.shape[0], 2, 1)), dim=-1).to(x.dtype)
+    grid = F.affine_grid(theta, [theta.shape[0], 1, h, w], align_corners=False)  # [(B·)M, H, W, 2]
+    if shared:
+        images, grid = x.reshape(1, b * c, h, w), grid.reshape(1, m * h, w, 2)
+    else:
+        images, grid = x, grid.reshape(b, m * h, w, 2)
+    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.view(b, c, m, h, w)
 
 
 class LiftingConv(_SampledConv):
@@ -429,6 +464,16 @@ class LiftingConv(_SampledConv):
 
     ``(k ⋆ f)(x, h_i) = Σ_u k(h_i⁻¹u) m(|h_i⁻¹u|) f(x + u) / |det h_i|`` over the ``k×k`` window, the
     pixel-grid form of ``∫ k(h⁻¹(y - x)) f(y) dy / |det h|``.
+
+    ``transform`` picks what the group samples act on in that discretization. ``"kernel"`` (the paper):
+    the SIREN is evaluated at the transformed offsets ``h⁻¹u`` and the output is in the image's frame, as
+    above. ``"signal"``: the substitution ``u = h·v`` gives ``∫ k(v) f(x + h·v) dv``, and the output is
+    stored in each sample's own frame, ``G(x', h) = (k ⋆ f)(h·x', h) = Σ_v k(v) m(|v|) f(h·(x' + v))``: the
+    image is resampled at ``h·y`` (bilinear, about the canvas centre) and convolved with the kernel on the
+    fixed pixel grid. Both are the same operator in the continuum; on pixels, ``"signal"`` only ever
+    evaluates the SIREN where it is trained (a ``k×k`` kernel sampled at a rotated or sheared grid is a
+    rough copy of the rotated kernel, a resampled smooth image a close copy of the rotated image). Maxima
+    over space and samples are the same in either frame.
 
     Args:
         group: ``"gl2"``, ``"sl2"`` or a :class:`LinearGroup2`.
@@ -439,6 +484,8 @@ class LiftingConv(_SampledConv):
         hidden_features, num_layers, omega_0: the SIREN kernel network.
         mask_radius: radius of the smooth mask on the kernel's coordinates; None for no mask.
         mask_slope: steepness of the mask's edge.
+        transform: ``"kernel"`` (transformed kernels, image frame) or ``"signal"`` (resampled image,
+            each sample's frame).
 
     Shapes:
         x ``[B, C_in, H, W]``, samples ``[N, 2, 2]`` -> ``[B, C_out, N, H', W']``
@@ -457,6 +504,7 @@ class LiftingConv(_SampledConv):
         omega_0: float = 10.0,
         mask_radius: float | None = 1.0,
         mask_slope: float = 2.0,
+        transform: str = "kernel",
     ) -> None:
         super().__init__(
             group,
@@ -471,6 +519,7 @@ class LiftingConv(_SampledConv):
             omega_0=omega_0,
             mask_radius=mask_radius,
             mask_slope=mask_slope,
+            transform=transform,
         )
 
     def kernel(self, samples: Tensor) -> Tensor:  # [N, 2, 2] -> [C_out, N, C_in, k, k]
@@ -483,6 +532,13 @@ class LiftingConv(_SampledConv):
     def forward(self, x: Tensor, samples: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"LiftingConv expects images [B, {self.in_channels}, H, W], got {tuple(x.shape)}")
+        if self.transform == "signal":
+            # One kernel on the fixed grid for every sample: convolve each resampled view with it.
+            num = samples.shape[0]
+            views = warp(x, samples).transpose(1, 2).flatten(0, 1)  # [B·N, C_in, H, W]
+            y = F.conv2d(views, self.kernel(samples[:1])[:, 0], padding=self.padding)  # [B·N, C_out, H', W']
+            y = y.view(x.shape[0], num, self.out_channels, *y.shape[-2:]).transpose(1, 2)
+            return self._add_bias(y)
         kernel = self.kernel(samples)
         num = kernel.shape[1]
         weight = kernel.reshape(self.out_channels * num, self.in_channels, *kernel.shape[-2:])
@@ -505,6 +561,13 @@ class GroupConv(_SampledConv):
     bounded set otherwise can); the global max over samples is then a max over transformed views
     (TI-pooling, Laptev et al. 2016), at a cost linear instead of quadratic in ``N``.
 
+    ``transform="signal"`` takes and gives feature maps in each sample's own frame, ``G(x', h) = f(h·x', h)``
+    (as :class:`LiftingConv` with ``transform="signal"`` makes them). With ``u = h_i·v`` the layer becomes
+    ``G'(x', h_i) = 1/N_in Σ_j Σ_v k(v, ξ⁻¹(h_i⁻¹h_j)) m G(h_j⁻¹h_i·(x' + v), h_j)``: every input slice is
+    resampled by the relative elements ``h_j⁻¹h_i`` and convolved with kernels on the fixed pixel grid (no
+    determinant factor; it cancels). Without mixing, ``h_j⁻¹h_i = e`` and the layer is one ordinary
+    convolution shared by all slices.
+
     Args:
         group: ``"gl2"``, ``"sl2"`` or a :class:`LinearGroup2`.
         in_channels, out_channels: channels.
@@ -516,6 +579,8 @@ class GroupConv(_SampledConv):
         mask_slope: steepness of the mask's edge.
         mix_samples: integrate over the input samples (True) or keep each sample's slice apart (False;
             then ``samples_out`` must be ``samples_in``).
+        transform: ``"kernel"`` (transformed kernels, image frame) or ``"signal"`` (resampled feature maps,
+            each sample's frame); see :class:`LiftingConv`.
 
     Shapes:
         x ``[B, C_in, N_in, H, W]``, samples_in ``[N_in, 2, 2]``, samples_out ``[N_out, 2, 2]``
@@ -536,6 +601,7 @@ class GroupConv(_SampledConv):
         mask_radius: float | None = 1.0,
         mask_slope: float = 2.0,
         mix_samples: bool = True,
+        transform: str = "kernel",
     ) -> None:
         group = get_group(group)
         self.mix_samples = mix_samples
@@ -552,6 +618,7 @@ class GroupConv(_SampledConv):
             omega_0=omega_0,
             mask_radius=mask_radius,
             mask_slope=mask_slope,
+            transform=transform,
         )
 
     def kernel(self, samples_in: Tensor, samples_out: Tensor) -> Tensor:
@@ -585,6 +652,11 @@ class GroupConv(_SampledConv):
                 raise ValueError(
                     "GroupConv with mix_samples=False maps each sample to itself; samples_out must be samples_in"
                 )
+            if self.transform == "signal":
+                weight = self.diagonal_kernel(samples_in[:1])[0]  # [C_out, C_in, k, k], the same for all
+                b, c_in, n = x.shape[:3]
+                y = F.conv2d(x.transpose(1, 2).flatten(0, 1), weight, padding=self.padding)
+                return self._add_bias(y.view(b, n, self.out_channels, *y.shape[-2:]).transpose(1, 2))
             kernel = self.diagonal_kernel(samples_in)  # [N, C_out, C_in, k, k]
             n, c_out, c_in, k, _ = kernel.shape
             y = F.conv2d(
@@ -593,6 +665,17 @@ class GroupConv(_SampledConv):
             return self._add_bias(y.view(x.shape[0], n, c_out, *y.shape[-2:]).transpose(1, 2))
         kernel = self.kernel(samples_in, samples_out)
         c_out, n_out, c_in, n_in, k, _ = kernel.shape
+        if self.transform == "signal":
+            # relative[j, i] = h_j⁻¹ h_i: slice j resampled into every output sample's frame.
+            relative = self.group.compose(
+                self.group.inverse(samples_in.double()).unsqueeze(1), samples_out.double()[None]
+            )
+            b, _, _, h, w = x.shape
+            views = warp(x.transpose(1, 2).flatten(0, 1), relative.repeat(b, 1, 1, 1))  # [B·N_in, C_in, N_out, H, W]
+            views = views.view(b, n_in, c_in, n_out, h, w).permute(0, 3, 2, 1, 4, 5).reshape(b, -1, h, w)
+            weight = kernel.transpose(0, 1).reshape(n_out * c_out, c_in * n_in, k, k)
+            y = F.conv2d(views, weight, padding=self.padding, groups=n_out)  # [B, N_out·C_out, H', W']
+            return self._add_bias(y.view(b, n_out, c_out, *y.shape[-2:]).transpose(1, 2))
         y = F.conv2d(x.flatten(1, 2), kernel.reshape(c_out * n_out, c_in * n_in, k, k), padding=self.padding)
         return self._add_bias(y.view(x.shape[0], c_out, n_out, *y.shape[-2:]))
 

@@ -15,6 +15,7 @@ from geomol.nn.liegroup import (
     pool_spatial,
     spd_log,
     sym_exp,
+    warp,
 )
 
 GROUPS = [GL2(), SL2()]
@@ -265,6 +266,56 @@ def test_lifting_group_pooled_output_converges_to_invariance(name):
             errors.append(sum(trials) / len(trials))
     assert all(later < earlier for earlier, later in zip(errors, errors[1:])), errors
     assert errors[-1] < 0.3 * errors[0], errors
+
+
+def _quarter_turns() -> torch.Tensor:
+    c = [(1.0, 0.0), (0.0, 1.0), (-1.0, 0.0), (0.0, -1.0)]
+    return torch.tensor([[[a, -b], [b, a]] for a, b in c], dtype=torch.float64)
+
+
+def test_warp_resamples_at_the_mapped_pixel():
+    """warp(x, g)(y) = x(g·y) about the canvas centre: quarter turns are torch.rot90, the identity is exact,
+    and a half-pixel-free integer stretch hits pixel centres on an odd canvas."""
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    out = warp(x, _quarter_turns())  # [2, 3, 4, 8, 8]
+    torch.testing.assert_close(out[:, :, 0], x)
+    # g = [[0, -1], [1, 0]] on (x, y) = (col, row): out[r, c] = x[c, -r] (centred), torch.rot90 by +1.
+    torch.testing.assert_close(out[:, :, 1], torch.rot90(x, 1, (2, 3)))
+    torch.testing.assert_close(out[:, :, 2], torch.rot90(x, 2, (2, 3)))
+    odd = torch.randn(1, 1, 9, 9, dtype=torch.float64)
+    stretched = warp(odd, torch.diag(torch.tensor([2.0, 1.0], dtype=torch.float64))[None])[0, 0, 0]
+    torch.testing.assert_close(stretched[:, 2:7], odd[0, 0, :, 0:9:2])  # column c reads column 2c - 4
+    assert stretched[:, :2].abs().max() == 0  # outside the canvas: zeros
+    # One set of maps per image.
+    per_image = warp(x, _quarter_turns().view(2, 2, 2, 2))
+    torch.testing.assert_close(per_image[1, :, 1], torch.rot90(x[1], -1, (1, 2)))  # turn 3: -90°
+
+
+@pytest.mark.parametrize("mix", [True, False], ids=["mixed", "apart"])
+@pytest.mark.parametrize("name", IDS)
+def test_signal_transform_is_the_kernel_transform_in_each_samples_frame(name, mix):
+    """transform="signal" computes G(x', h) = F(h·x', h) with F the transform="kernel" output (same
+    weights). On quarter turns (in both groups), where resampling is exact, the two agree to rounding,
+    for the lifting and for the group convolution, mixed or apart."""
+    torch.manual_seed(0)
+    samples = _quarter_turns()
+    x = torch.randn(2, 2, 12, 12, dtype=torch.float64)
+    lift_k = LiftingConv(name, 2, 3, kernel_size=5, padding=2).double()
+    lift_s = LiftingConv(name, 2, 3, kernel_size=5, padding=2, transform="signal").double()
+    lift_s.load_state_dict(lift_k.state_dict())
+    conv_k = GroupConv(name, 3, 4, kernel_size=5, mix_samples=mix).double()
+    conv_s = GroupConv(name, 3, 4, kernel_size=5, mix_samples=mix, transform="signal").double()
+    conv_s.load_state_dict(conv_k.state_dict())
+
+    def to_frames(f):  # [B, C, N, H, W] image frame -> each sample's frame
+        return torch.stack([warp(f[:, :, n], samples[n : n + 1])[:, :, 0] for n in range(len(samples))], 2)
+
+    with torch.no_grad():
+        f_k, f_s = lift_k(x, samples), lift_s(x, samples)
+        torch.testing.assert_close(f_s, to_frames(f_k), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(conv_s(f_s, samples), to_frames(conv_k(f_k, samples)), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="transform"):
+        LiftingConv(name, 1, 1, transform="image")
 
 
 def test_pooling_and_norm_shapes():
