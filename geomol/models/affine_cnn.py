@@ -84,6 +84,10 @@ class AffineCNN(nn.Module):
         spd_std: std of the log-normal SPD factor's chart coordinates (paper: variance 0.1).
         angles: rotation sampling, ``"equidistant"`` or ``"uniform"``.
         angle_range: fraction of the circle the rotation samples cover (1: all of it).
+        eval_angles, eval_angle_range, eval_spd_std: the eval-mode set's angle sampling, angle range
+            and SPD spread (default: as in training). A fixed eval set narrower than the training draws keeps every view of a test
+            image that is turned by up to the difference inside the range of views seen in training,
+            which a max over a bounded (not closed) set of views needs to stay in distribution.
         spd_sampling: SPD factor sampling, ``"random"`` (i.i.d. log-normal) or ``"quasi"`` (deterministic
             Gaussian quantiles of a Halton set; see :meth:`~geomol.nn.liegroup.LinearGroup2.sample`).
         spd_cycle: number of distinct SPD factors, repeated over the angles (0: one per sample); see
@@ -94,6 +98,10 @@ class AffineCNN(nn.Module):
             :class:`~geomol.nn.liegroup.GroupConv`).
         resample: draw new samples at every training step; False trains on the fixed eval-mode set
             (of ``num_samples`` elements), which removes the sampling noise from the gradients.
+        transform: what the group samples act on in every layer: ``"kernel"`` (the paper: SIRENs
+            evaluated at transformed offsets) or ``"signal"`` (images and feature maps resampled by the
+            samples, kernels on the fixed pixel grid); the same network in the continuum, see
+            :class:`~geomol.nn.liegroup.LiftingConv`.
         head_hidden, head_norm, dropout: classifier MLP (``head_norm``: ``"batch"`` or ``"layer"``).
         seed: seed of the group-sample stream.
     """
@@ -117,10 +125,14 @@ class AffineCNN(nn.Module):
         spd_std: float = math.sqrt(0.1),
         angles: str = "equidistant",
         angle_range: float = 1.0,
+        eval_angles: str | None = None,
+        eval_angle_range: float | None = None,
+        eval_spd_std: float | None = None,
         spd_sampling: str = "random",
         spd_cycle: int = 0,
         mix_samples: bool = True,
         resample: bool = True,
+        transform: str = "kernel",
         head_hidden: int = 256,
         head_norm: str = "batch",
         dropout: float = 0.3,
@@ -136,6 +148,13 @@ class AffineCNN(nn.Module):
         self.sampler = dict(
             spd_std=spd_std, angles=angles, angle_range=angle_range, spd_sampling=spd_sampling, spd_cycle=spd_cycle
         )
+        self.eval_sampler = dict(self.sampler)
+        if eval_angles is not None:
+            self.eval_sampler["angles"] = eval_angles
+        if eval_angle_range is not None:
+            self.eval_sampler["angle_range"] = eval_angle_range
+        if eval_spd_std is not None:
+            self.eval_sampler["spd_std"] = eval_spd_std
         self.seed, self.resample = seed, resample
         kernel_args = dict(
             hidden_features=hidden_features,
@@ -143,6 +162,7 @@ class AffineCNN(nn.Module):
             omega_0=omega_0,
             mask_radius=mask_radius,
             mask_slope=mask_slope,
+            transform=transform,
         )
         self.lift = LiftingConv(self.group, in_channels, channels, stem_kernel_size, **kernel_args)
         self.lift_norm = GroupLayerNorm(channels)
@@ -158,6 +178,7 @@ class AffineCNN(nn.Module):
         self.register_buffer("sample_step", torch.zeros((), dtype=torch.long))
         # Fail at construction, not at the first step, on a bad sampler setting.
         self.group.sample(1, **self.sampler)
+        self.group.sample(1, **self.eval_sampler)
 
     def group_samples(self) -> Tensor:
         """This forward pass's samples ``[N, 2, 2]`` (float64; each layer casts what it derives)."""
@@ -166,8 +187,10 @@ class AffineCNN(nn.Module):
             self.sample_step += 1
         else:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003)
-        num = self.num_samples if self.training else self.eval_num_samples
-        samples = self.group.sample(num, generator=generator, **self.sampler)
+        if self.training:
+            samples = self.group.sample(self.num_samples, generator=generator, **self.sampler)
+        else:
+            samples = self.group.sample(self.eval_num_samples, generator=generator, **self.eval_sampler)
         return samples.to(self.sample_step.device)
 
     def forward(self, x: Tensor) -> Tensor:

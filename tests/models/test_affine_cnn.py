@@ -67,6 +67,54 @@ def test_fixed_rotation_closed_samples_keep_quarter_turn_invariance(group):
         torch.testing.assert_close(views(torch.rot90(x, 1, (2, 3))), views(x), rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("mix", [True, False], ids=["mixed", "apart"])
+@pytest.mark.parametrize("group", ["gl2", "sl2"])
+def test_signal_transform_keeps_quarter_turn_invariance(group, mix):
+    """transform="signal" (feature maps resampled instead of kernels) on a set closed under quarter turns:
+    the logits are exactly invariant too, and the whole network differs from the kernel-frame one."""
+    torch.manual_seed(0)
+    net = AffineCNN(group=group, num_samples=8, spd_std=0.0, mix_samples=mix, transform="signal", **SMALL)
+    net = net.double().eval()
+    x = torch.rand(2, 1, 40, 40, dtype=torch.float64)
+    with torch.no_grad():
+        logits = net(x)
+        for k in (1, 2, 3):
+            torch.testing.assert_close(net(torch.rot90(x, k, (2, 3))), logits, rtol=1e-9, atol=1e-10)
+        kernel_frame = AffineCNN(group=group, num_samples=8, spd_std=0.0, mix_samples=mix, **SMALL).double().eval()
+        kernel_frame.load_state_dict(net.state_dict())
+        assert (kernel_frame(x) - logits).abs().max() > 1e-6
+
+
+def test_eval_sampler_overrides():
+    """Training draws follow angle_range / spd_std; the eval set follows eval_angles / eval_angle_range /
+    eval_spd_std and stays the same from call to call."""
+    net = AffineCNN(
+        num_samples=6,
+        eval_num_samples=8,
+        angles="uniform",
+        angle_range=0.25,
+        spd_std=0.2,
+        eval_angles="equidistant",
+        eval_angle_range=0.125,
+        eval_spd_std=0.0,
+        resample=True,
+        **SMALL,
+    )
+    group = SL2()
+    train_angles = torch.cat([group.polar(net.group_samples())[1] for _ in range(20)])
+    train_theta = torch.atan2(train_angles[:, 1, 0], train_angles[:, 0, 0])
+    assert train_theta.abs().max() <= torch.pi / 4 and train_theta.abs().max() > torch.pi / 8
+    net.eval()
+    samples = net.group_samples()
+    assert samples.shape == (8, 2, 2)
+    theta = torch.atan2(samples[:, 1, 0], samples[:, 0, 0])
+    expected = torch.pi / 8 * (2 * torch.arange(8, dtype=torch.float64) - 7) / 8
+    torch.testing.assert_close(theta, expected)  # pure turns (eval_spd_std=0) on the narrower grid
+    torch.testing.assert_close(net.group_samples(), samples)
+    with pytest.raises(ValueError, match="angle_range"):
+        AffineCNN(eval_angle_range=2.0, **SMALL)
+
+
 def test_group_samples_stream():
     net = AffineCNN(group="gl2", num_samples=5, eval_num_samples=7, seed=3, **SMALL)
     first, second = net.group_samples(), net.group_samples()
