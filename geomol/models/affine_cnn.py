@@ -85,9 +85,10 @@ class AffineCNN(nn.Module):
         angles: rotation sampling, ``"equidistant"`` or ``"uniform"``.
         angle_range: fraction of the circle the rotation samples cover (1: all of it).
         eval_angles, eval_angle_range, eval_spd_std: the eval-mode set's angle sampling, angle range
-            and SPD spread (default: as in training). A fixed eval set narrower than the training draws keeps every view of a test
-            image that is turned by up to the difference inside the range of views seen in training,
-            which a max over a bounded (not closed) set of views needs to stay in distribution.
+            and SPD spread (default: as in training). A fixed eval set narrower than the training draws
+            keeps every view of a test image turned by up to the difference inside the range of views
+            seen in training, which a max over a bounded (not closed) set of views needs to stay in
+            distribution.
         spd_sampling: SPD factor sampling, ``"random"`` (i.i.d. log-normal) or ``"quasi"`` (deterministic
             Gaussian quantiles of a Halton set; see :meth:`~geomol.nn.liegroup.LinearGroup2.sample`).
         spd_cycle: number of distinct SPD factors, repeated over the angles (0: one per sample); see
@@ -148,13 +149,8 @@ class AffineCNN(nn.Module):
         self.sampler = dict(
             spd_std=spd_std, angles=angles, angle_range=angle_range, spd_sampling=spd_sampling, spd_cycle=spd_cycle
         )
-        self.eval_sampler = dict(self.sampler)
-        if eval_angles is not None:
-            self.eval_sampler["angles"] = eval_angles
-        if eval_angle_range is not None:
-            self.eval_sampler["angle_range"] = eval_angle_range
-        if eval_spd_std is not None:
-            self.eval_sampler["spd_std"] = eval_spd_std
+        overrides = dict(angles=eval_angles, angle_range=eval_angle_range, spd_std=eval_spd_std)
+        self.eval_sampler = self.sampler | {key: value for key, value in overrides.items() if value is not None}
         self.seed, self.resample = seed, resample
         kernel_args = dict(
             hidden_features=hidden_features,

@@ -625,8 +625,9 @@ class GroupConv(_SampledConv):
         """Monte Carlo weights ``[C_out, N_out, C_in, N_in, k, k]`` (the ``1/N_in`` included)."""
         n_out, n_in, k2 = samples_out.shape[0], samples_in.shape[0], self.offsets.shape[0]
         u, volume = self.transformed_offsets(samples_out)  # [N_out, k², 2], [N_out]
-        relative = self.group.compose(self.group.inverse(samples_out.double()).unsqueeze(1), samples_in.double()[None])
-        chart = self.group.log_chart(relative).to(u.dtype)  # ξ⁻¹(h_i⁻¹ h_j) [N_out, N_in, dim]
+        chart = self.group.log_chart(self._relative(samples_out, samples_in)).to(
+            u.dtype
+        )  # ξ⁻¹(h_i⁻¹ h_j) [N_out, N_in, dim]
         coords = torch.cat(
             (u.unsqueeze(1).expand(n_out, n_in, k2, 2), chart.unsqueeze(2).expand(n_out, n_in, k2, chart.shape[-1])),
             dim=-1,
@@ -667,9 +668,7 @@ class GroupConv(_SampledConv):
         c_out, n_out, c_in, n_in, k, _ = kernel.shape
         if self.transform == "signal":
             # relative[j, i] = h_j⁻¹ h_i: slice j resampled into every output sample's frame.
-            relative = self.group.compose(
-                self.group.inverse(samples_in.double()).unsqueeze(1), samples_out.double()[None]
-            )
+            relative = self._relative(samples_in, samples_out)
             b, _, _, h, w = x.shape
             views = warp(x.transpose(1, 2).flatten(0, 1), relative.repeat(b, 1, 1, 1))  # [B·N_in, C_in, N_out, H, W]
             views = views.view(b, n_in, c_in, n_out, h, w).permute(0, 3, 2, 1, 4, 5).reshape(b, -1, h, w)
@@ -678,6 +677,10 @@ class GroupConv(_SampledConv):
             return self._add_bias(y.view(b, n_out, c_out, *y.shape[-2:]).transpose(1, 2))
         y = F.conv2d(x.flatten(1, 2), kernel.reshape(c_out * n_out, c_in * n_in, k, k), padding=self.padding)
         return self._add_bias(y.view(x.shape[0], c_out, n_out, *y.shape[-2:]))
+
+    def _relative(self, a: Tensor, b: Tensor) -> Tensor:  # [N_a, 2, 2], [N_b, 2, 2] -> [N_a, N_b, 2, 2]
+        """Every ``a_i⁻¹ b_j`` in float64."""
+        return self.group.compose(self.group.inverse(a.double()).unsqueeze(1), b.double()[None])
 
     def diagonal_kernel(self, samples: Tensor) -> Tensor:
         """Weights ``[N, C_out, C_in, k, k]`` of the ``h_i⁻¹h_j = e`` terms, chart coordinates ``ξ⁻¹(e) = 0``."""
