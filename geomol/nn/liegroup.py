@@ -46,6 +46,7 @@ __all__ = [
     "LiftingConv",
     "GroupConv",
     "GroupLayerNorm",
+    "GroupRMSNorm",
     "pool_group",
     "pool_spatial",
 ]
@@ -712,6 +713,30 @@ class GroupLayerNorm(nn.Module):
         x = F.layer_norm(x, x.shape[1:], eps=self.eps)
         shape = (1, -1) + (1,) * (x.dim() - 2)
         return x * self.weight.view(shape) + self.bias.view(shape)
+
+
+class GroupRMSNorm(nn.Module):
+    """RMS norm over everything but the batch (channels, group samples, space), per-channel scale, no shift.
+
+    Unlike :class:`GroupLayerNorm` it maps zeros to zeros: in a network of bias-free convolutions,
+    these norms and activations with ``f(0) = 0`` (GELU), an empty region of the canvas has exactly
+    zero features, the same value as the zero padding. The feature maps then carry no canvas-edge
+    artefacts, and a pattern's features do not depend on where on the canvas it sits (the statistic
+    is a sum over the whole map, unchanged by moving the content as long as it stays on the canvas).
+
+    Args:
+        channels: number of channels ``C`` (dimension 1).
+        eps: added to the mean square.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x: Tensor) -> Tensor:  # [B, C, ...] -> [B, C, ...]
+        x = F.rms_norm(x, x.shape[1:], eps=self.eps)
+        return x * self.weight.view((1, -1) + (1,) * (x.dim() - 2))
 
 
 def pool_group(x: Tensor, reduce: Literal["max", "mean"] = "max") -> Tensor:

@@ -32,6 +32,35 @@ def test_affine_cnn_is_invariant_to_quarter_turns(group):
     assert (cnn(torch.rot90(x, 1, (2, 3))) - cnn(x)).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("model, blocks", [("affine", 1), ("plain", 1), ("affine", 2), ("plain", 3)])
+def test_zero_background_makes_logits_independent_of_position(model, blocks):
+    """With zero_background an empty region has zero features and the maps grow to hold every response,
+    so moving a digit anywhere on the canvas (by multiples of the pooling stride) leaves the logits
+    unchanged; the default (biases, layer norms, "same" padding) sees the canvas edge."""
+    torch.manual_seed(0)
+    x = torch.zeros(3, 1, 40, 40, dtype=torch.float64)
+    x[:, :, 1:25, 2:21] = torch.rand(3, 1, 24, 19, dtype=torch.float64)  # touches the top and left edges
+    shift = {1: (14, 18), 2: (12, 16), 3: (8, 16)}[blocks]  # multiples of the pooling stride 2**blocks
+    moved = torch.roll(x, shift, dims=(2, 3))  # now it touches (or nearly touches) the bottom and right edges
+
+    def build(zero_background):
+        torch.manual_seed(1)
+        if model == "affine":
+            small = SMALL | dict(num_blocks=blocks)
+            net = AffineCNN(num_samples=4, mix_samples=False, zero_background=zero_background, **small)
+        else:
+            net = PlainCNN(channels=6, num_blocks=blocks, head_hidden=16, zero_background=zero_background)
+        return net.double().eval()
+
+    with torch.no_grad():
+        net = build(True)
+        torch.testing.assert_close(net(moved), net(x), rtol=1e-10, atol=1e-12)
+        assert net(torch.zeros_like(x)).abs().max() > 0  # the head still has its biases
+        default = build(False)
+        assert (default(moved) - default(x)).abs().max() > 1e-3
+    assert not any(name.endswith("conv1.bias") or name == "stem.bias" for name, _ in net.named_parameters())
+
+
 @pytest.mark.parametrize("group", ["gl2", "sl2"])
 def test_fixed_rotation_closed_samples_keep_quarter_turn_invariance(group):
     """With a non-trivial SPD factor the set is closed under quarter turns only when the SPD factors

@@ -9,6 +9,7 @@ from geomol.nn.liegroup import (
     SL2,
     GroupConv,
     GroupLayerNorm,
+    GroupRMSNorm,
     LiftingConv,
     get_group,
     pool_group,
@@ -326,5 +327,9 @@ def test_pooling_and_norm_shapes():
     torch.testing.assert_close(pool_spatial(x)[:, :, 2], torch.nn.functional.max_pool2d(x[:, :, 2], 2))
     y = GroupLayerNorm(3)(x)
     torch.testing.assert_close(y.mean(dim=(1, 2, 3, 4)), torch.zeros(2), atol=1e-6, rtol=0)
+    z = GroupRMSNorm(3)(x)
+    torch.testing.assert_close(z.pow(2).mean(dim=(1, 2, 3, 4)), torch.ones(2), atol=1e-4, rtol=0)
+    torch.testing.assert_close(z, x / x.pow(2).mean(dim=(1, 2, 3, 4), keepdim=True).sqrt(), atol=1e-5, rtol=1e-5)
+    assert GroupRMSNorm(3)(torch.zeros_like(x)).abs().max() == 0  # zeros stay zeros (GroupLayerNorm's bias would not)
     with pytest.raises(ValueError, match="reduce"):
         pool_group(x, "sum")
