@@ -59,6 +59,7 @@ import argparse
 import math
 import statistics
 import time
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -101,6 +102,12 @@ def parse_args() -> argparse.Namespace:
         default="kernel",
         help="group samples act on the kernels (the paper) or on the images/feature maps",
     )
+    parser.add_argument(
+        "--zero-background",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="both models: bias-free full convolutions and RMS norms (features independent of the digit's place)",
+    )
     parser.add_argument("--omega-0", type=float, default=3.0, help="SIREN frequency")
     parser.add_argument("--mask-radius", type=float, default=1.0)
     parser.add_argument("--mask-slope", type=float, default=2.0)
@@ -127,6 +134,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--models", nargs="+", choices=["affine", "plain"], default=["affine", "plain"], help="which models to train"
     )
+    parser.add_argument("--save-dir", default=None, help="save each trained model's state dict here")
     return parser.parse_args()
 
 
@@ -139,7 +147,11 @@ def matched_cnn_channels(target: int, args: argparse.Namespace) -> int:
 
     def size(channels: int) -> int:
         net = PlainCNN(
-            channels=channels, num_blocks=args.blocks, head_hidden=args.head_hidden, head_norm=args.head_norm
+            channels=channels,
+            num_blocks=args.blocks,
+            head_hidden=args.head_hidden,
+            head_norm=args.head_norm,
+            zero_background=args.zero_background,
         )
         return count_parameters(net)
 
@@ -175,8 +187,8 @@ def accuracy(task: ImageTask, loader: DataLoader) -> tuple[float, float]:
 MEASURES = ("train_s", "test_s", "val", "centred", "affine")
 
 
-def run(name: str, task: ImageTask, data: MNISTAffineDataModule, args: argparse.Namespace) -> dict:
-    pl.seed_everything(args.seed, workers=True, verbose=False)
+def run(name: str, task: ImageTask, data: MNISTAffineDataModule, args: argparse.Namespace, seed: int) -> dict:
+    pl.seed_everything(seed, workers=True, verbose=False)
     trainer = pl.Trainer(
         max_epochs=args.epochs,
         accelerator="cpu",
@@ -204,6 +216,10 @@ def run(name: str, task: ImageTask, data: MNISTAffineDataModule, args: argparse.
         affine=affine_acc,
     )
     print(f"done {name}: {row}", flush=True)
+    if args.save_dir is not None:
+        path = Path(args.save_dir) / f"{name.split('[')[0]}_seed{seed}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(task.net.state_dict(), path)
     return row
 
 
@@ -240,6 +256,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> list[dict]:
         "mix_samples": args.mix_samples,
         "resample": args.resample,
         "transform": args.transform,
+        "zero_background": args.zero_background,
         "omega_0": args.omega_0,
         "mask_radius": args.mask_radius,
         "mask_slope": args.mask_slope,
@@ -256,6 +273,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> list[dict]:
         "num_blocks": args.blocks,
         "head_hidden": args.head_hidden,
         "head_norm": args.head_norm,
+        "zero_background": args.zero_background,
     }
     torch.manual_seed(seed)
     cnn_task = make_task(cnn_net, args, total_steps)
@@ -272,9 +290,9 @@ def one_seed(args: argparse.Namespace, seed: int) -> list[dict]:
     )
     rows = []
     if "affine" in args.models:
-        rows.append(run(f"AffineCNN[{args.group}]", affine_task, data, args) | {"seed": seed})
+        rows.append(run(f"AffineCNN[{args.group}]", affine_task, data, args, seed) | {"seed": seed})
     if "plain" in args.models:
-        rows.append(run("PlainCNN", cnn_task, data, args) | {"seed": seed})
+        rows.append(run("PlainCNN", cnn_task, data, args, seed) | {"seed": seed})
     return rows
 
 
