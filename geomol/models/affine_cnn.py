@@ -130,7 +130,7 @@ class AffineCNN(nn.Module):
             the digit sits (exactly, for shifts by multiples of the pooling stride, 2 per block). With the default
             layer norms and "same" padding the background has non-zero features and the padding
             makes an edge; in our runs 15 % of AffineCNN's pooled maxima sat on that edge, and digits
-            moved near it lost 4-5 points of accuracy. Costs about 2.4× the compute (larger maps).
+            moved near it lost 4-5 points of accuracy. Larger maps: about 2-2.5× the training time in our runs.
         head_hidden, head_norm, dropout: classifier MLP (``head_norm``: ``"batch"`` or ``"layer"``).
         seed: seed of the group-sample stream.
     """
