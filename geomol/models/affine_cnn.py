@@ -50,6 +50,14 @@ def _pool(x: Tensor, zero_background: bool) -> Tensor:
     return pool_spatial(x, 2) if x.dim() == 5 else F.max_pool2d(x, 2)
 
 
+def _paddings(stem_kernel_size: int, kernel_size: int, zero_background: bool) -> tuple[int, int]:
+    """Stem and block paddings: "full" (``k - 1``, maps grow) with ``zero_background``, else unpadded stem
+    and "same" blocks."""
+    if zero_background:
+        return stem_kernel_size - 1, kernel_size - 1
+    return 0, kernel_size // 2
+
+
 def _norm(channels: int, zero_background: bool) -> nn.Module:
     """The feature norm: :class:`GroupRMSNorm` (zeros stay zeros) with ``zero_background``, else layer norm."""
     return GroupRMSNorm(channels) if zero_background else GroupLayerNorm(channels)
@@ -190,13 +198,9 @@ class AffineCNN(nn.Module):
             transform=transform,
             bias=not zero_background,
         )
+        stem_padding, padding = _paddings(stem_kernel_size, kernel_size, zero_background)
         self.lift = LiftingConv(
-            self.group,
-            in_channels,
-            channels,
-            stem_kernel_size,
-            padding=stem_kernel_size - 1 if zero_background else 0,
-            **kernel_args,
+            self.group, in_channels, channels, stem_kernel_size, padding=stem_padding, **kernel_args
         )
         self.lift_norm = _norm(channels, zero_background)
         self.blocks = nn.ModuleList(
@@ -208,7 +212,7 @@ class AffineCNN(nn.Module):
                         channels,
                         kernel_size,
                         mix_samples=mix_samples,
-                        padding=kernel_size - 1 if zero_background else None,
+                        padding=padding,
                         **kernel_args,
                     )
                     for _ in range(2)
@@ -276,8 +280,7 @@ class PlainCNN(nn.Module):
         super().__init__()
         self.zero_background = zero_background
         bias = not zero_background
-        padding = kernel_size - 1 if zero_background else kernel_size // 2
-        stem_padding = stem_kernel_size - 1 if zero_background else 0
+        stem_padding, padding = _paddings(stem_kernel_size, kernel_size, zero_background)
         self.stem = nn.Conv2d(in_channels, channels, stem_kernel_size, padding=stem_padding, bias=bias)
         self.stem_norm = _norm(channels, zero_background)
         self.blocks = nn.ModuleList(
