@@ -31,15 +31,21 @@ class GeomolCalculator(Calculator):
         checkpoint: path of the ``.ckpt`` file (loaded safely, ``weights_only=True``).
         device: torch device.
         dtype: compute dtype; float64 gives the smoothest dynamics.
+        trust_checkpoint: build whatever the checkpoint names (dangerous; see ``geomol.checkpoints.load_task``).
     """
 
     implemented_properties = ["energy", "free_energy", "forces"]
 
     def __init__(
-        self, checkpoint: str | os.PathLike, device: str = "cpu", dtype: torch.dtype = torch.float64, **kwargs
+        self,
+        checkpoint: str | os.PathLike,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float64,
+        trust_checkpoint: bool = False,
+        **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        task = load_task(checkpoint, expected=PropertyTask, map_location=device)
+        task = load_task(checkpoint, expected=PropertyTask, map_location=device, trust_checkpoint=trust_checkpoint)
         if task.hparams.units[0] != "eV":
             raise ValueError(
                 f"checkpoint {checkpoint} predicts {task.hparams.targets[0]} in {task.hparams.units[0]}, not an energy in eV"

@@ -2,19 +2,24 @@
 
 Every geomol entry point loads checkpoints through :func:`load_task`. It uses
 ``torch.load(weights_only=True)``, so a checkpoint that smuggles in pickled code is refused
-instead of executed.
+instead of executed, and before the task is rebuilt it checks the stored configs with
+:func:`geomol.safety.check_checkpoint_config`: the task class and every ``_target_`` must be
+something geomol builds, every argument plain data. ``trust_checkpoint=True`` skips that check
+(dangerous: only for checkpoints whose author you trust, e.g. your own with a custom network).
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import pickle
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+
+from .safety import check_checkpoint_config, task_class
 
 __all__ = ["read_checkpoint", "load_task", "TASK_KEY"]
 
@@ -46,15 +51,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return ckpt
 
 
-def _task_class(name: str) -> type[pl.LightningModule]:
-    module, _, attr = name.rpartition(".")
-    return getattr(importlib.import_module(module), attr)
-
-
 def load_task(
     path: str | os.PathLike,
     expected: type[pl.LightningModule] | tuple[type[pl.LightningModule], ...] | None = None,
     map_location: str | torch.device = "cpu",
+    trust_checkpoint: bool = False,
+    overrides: Mapping | None = None,
+    strict: bool | None = None,
 ) -> pl.LightningModule:
     """Rebuild a trained task (network, statistics, hyper-parameters) from a checkpoint, in eval mode.
 
@@ -62,26 +65,38 @@ def load_task(
         path: ``.ckpt`` file written by ``train.py``.
         expected: the task class(es) the caller can use; another kind of checkpoint is refused with
             a ValueError naming both.
+        trust_checkpoint: build whatever the checkpoint's configs name (**dangerous**: a checkpoint
+            from someone else can then run code). By default only what geomol registers is built
+            (:mod:`geomol.safety`), and a checkpoint naming anything else raises
+            :class:`~geomol.safety.UnsafeCheckpointError` before anything is constructed.
+        overrides: hyper-parameters replacing the stored ones (the caller's own values, not checked).
+        strict: strict state-dict loading (default True).
+
+    Raises:
+        geomol.safety.UnsafeCheckpointError: the checkpoint names something geomol does not build.
+        ValueError: the file is no geomol checkpoint, another task, or does not fit its task.
     """
     ckpt = read_checkpoint(path)
     name = ckpt.get(TASK_KEY)
     expected_tuple = expected if isinstance(expected, tuple) else ((expected,) if expected else ())
+    hyper_parameters = ckpt["hyper_parameters"]
+    if not trust_checkpoint:
+        check_checkpoint_config(hyper_parameters, source=str(path))
     if name is not None:
-        try:
-            cls = _task_class(name)
-        except (ImportError, AttributeError):
-            raise ValueError(f"checkpoint {path} was written by {name}, which this geomol does not have") from None
+        cls = task_class(name, source=str(path), trust=trust_checkpoint)
     elif len(expected_tuple) == 1:
         cls = expected_tuple[0]
     else:
         raise ValueError(f"checkpoint {path} does not say which geomol task wrote it")
+    if not (isinstance(cls, type) and issubclass(cls, pl.LightningModule)):
+        raise ValueError(f"checkpoint {path} names {name}, which is not a geomol task")
     if expected_tuple and not issubclass(cls, expected_tuple):
         wanted = " or ".join(c.__name__ for c in expected_tuple)
         raise ValueError(f"checkpoint {path} holds a {cls.__name__}, but a {wanted} is needed here")
     try:
-        task = cls(**ckpt["hyper_parameters"])
+        task = cls(**{**hyper_parameters, **dict(overrides or {})})
         task.on_load_checkpoint(ckpt)
-        task.load_state_dict(ckpt["state_dict"])
+        task.load_state_dict(ckpt["state_dict"], strict=True if strict is None else strict)
     except (TypeError, RuntimeError, KeyError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"checkpoint {path} does not fit {cls.__name__}: {first}") from None
@@ -89,7 +104,35 @@ def load_task(
 
 
 class GeomolTaskMixin:
-    """Records the task's class in every checkpoint, so :func:`load_task` knows what to rebuild."""
+    """Records the task's class in every checkpoint, so :func:`load_task` knows what to rebuild, and
+    routes ``Task.load_from_checkpoint`` through :func:`load_task` (the same safety checks)."""
+
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | os.PathLike,
+        map_location: str | torch.device | None = None,
+        hparams_file: str | os.PathLike | None = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        trust_checkpoint: bool = False,
+        **kwargs,
+    ):
+        """Lightning's ``load_from_checkpoint``, loaded safely: ``weights_only`` is always on and the
+        stored configs may only name what geomol builds (``trust_checkpoint=True`` lifts that; dangerous).
+        Keyword arguments replace stored hyper-parameters, as in Lightning. Returns the task in eval mode."""
+        if hparams_file is not None:
+            raise ValueError(
+                "geomol tasks keep their hyper-parameters in the checkpoint; hparams_file is not supported"
+            )
+        if weights_only is False:
+            raise ValueError("geomol loads checkpoints with weights_only=True only (pickled code is never run)")
+        if not isinstance(map_location, (str, torch.device, type(None))):
+            raise ValueError("map_location must be a device or its name for geomol checkpoints")
+        return load_task(
+            checkpoint_path, expected=cls, map_location=map_location or "cpu", trust_checkpoint=trust_checkpoint,
+            overrides=kwargs, strict=strict,
+        )  # fmt: skip
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[TASK_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"

@@ -75,11 +75,11 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def load_regressor(path: str | Path, device: torch.device):
+def load_regressor(path: str | Path, device: torch.device, trust_checkpoint: bool = False):
     """A trained :class:`geomol.tasks.PropertyTask` (the evaluator), in eval mode, loaded safely."""
     from geomol.tasks.property import PropertyTask
 
-    return load_task(path, expected=PropertyTask, map_location=device)
+    return load_task(path, expected=PropertyTask, map_location=device, trust_checkpoint=trust_checkpoint)
 
 
 def property_errors(
@@ -144,7 +144,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     metrics = molecule_metrics(mols)
     if cfg.regressor:
         device = resolve_device(cfg.device)
-        regressor = load_regressor(cfg.regressor, device)
+        regressor = load_regressor(cfg.regressor, device, bool(cfg.trust_checkpoint))
         metrics.update(property_errors(regressor, mols, OmegaConf.to_container(cfg.target), device))
     print_metrics(metrics, f"Metrics of {len(mols)} molecules in {cfg.sdf}:")
     return metrics

@@ -27,11 +27,11 @@ from geomol.metrics.summary import molecule_metrics
 __all__ = ["main", "run", "load_generator", "draw_grid"]
 
 
-def load_generator(path: str | Path, device):
+def load_generator(path: str | Path, device, trust_checkpoint: bool = False):
     """A trained :class:`~geomol.tasks.generation.GenerationTask`, in eval mode, loaded safely."""
     from geomol.tasks.generation import GenerationTask
 
-    return load_task(path, expected=GenerationTask, map_location=device)
+    return load_task(path, expected=GenerationTask, map_location=device, trust_checkpoint=trust_checkpoint)
 
 
 def _depiction(mol: Chem.Mol) -> Chem.Mol:
@@ -83,7 +83,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if not output.parent.is_dir():
         raise FileNotFoundError(f"output folder does not exist: {output.parent}")
     device = resolve_device(cfg.device)
-    task = load_generator(cfg.ckpt, device)
+    trust = bool(cfg.trust_checkpoint)
+    task = load_generator(cfg.ckpt, device, trust)
     condition = OmegaConf.to_container(cfg.condition)
     start = time.perf_counter()
     mols = task.sample(
@@ -104,7 +105,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     metrics = molecule_metrics(mols)
     if cfg.regressor:
         histogram = output.with_name(output.stem + "_property.png")
-        metrics.update(property_errors(load_regressor(cfg.regressor, device), mols, device=device, plot=histogram))
+        metrics.update(property_errors(load_regressor(cfg.regressor, device, trust), mols, device=device, plot=histogram))
     metrics["molecules_per_second"] = len(mols) / seconds
     what = ", ".join(f"{k}={v}" for k, v in condition.items()) or "unconditional"
     print_metrics(metrics, f"Generated {len(mols)} molecules ({what}) -> {output}, {png}:")
