@@ -21,7 +21,7 @@ import torch
 
 from .safety import check_checkpoint_config, task_class
 
-__all__ = ["read_checkpoint", "load_task", "TASK_KEY"]
+__all__ = ["read_checkpoint", "load_task", "add_record", "TASK_KEY"]
 
 # Checkpoints written by geomol tasks name their class here (see ``GeomolTaskMixin``).
 TASK_KEY = "geomol_task"
@@ -49,6 +49,19 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise ValueError(f"not a geomol checkpoint: {path} has no model weights and hyper-parameters")
     return ckpt
+
+
+def add_record(path: str | os.PathLike, key: str, record: Mapping) -> None:
+    """Store plain data (e.g. test metrics) in a checkpoint under ``key``; the file is replaced atomically."""
+    path = Path(path)
+    ckpt = read_checkpoint(path)
+    ckpt[key] = dict(record)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(ckpt, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_task(

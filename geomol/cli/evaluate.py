@@ -7,6 +7,8 @@ tags of the same name (written by ``geomol.generate``) or against ``target.<name
 
 from __future__ import annotations
 
+import math
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,11 +18,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from rdkit import Chem
 
-from geomol.checkpoints import load_task
+from geomol.checkpoints import load_task, read_checkpoint
 from geomol.cli.train import CONFIG_DIR, report_errors
-from geomol.data.chem import atomic_write, graph_from_mol, mol_from_graph, read_sdf
-from geomol.metrics.properties import predict_properties, property_mae
+from geomol.data.chem import graph_from_mol, mol_from_graph, read_sdf, write_sdf
+from geomol.metrics.conditional import RECORD_KEY, conditional_report, format_report, plot_conditional
 from geomol.metrics.summary import molecule_metrics
+from geomol.metrics.validity import sanitized
 
 __all__ = ["main", "run", "compose_config", "read_molecules", "property_errors", "resolve_device", "print_metrics"]
 
@@ -79,56 +82,98 @@ def load_regressor(path: str | Path, device: torch.device, trust_checkpoint: boo
     """A trained :class:`geomol.tasks.PropertyTask` (the evaluator), in eval mode, loaded safely."""
     from geomol.tasks.property import PropertyTask
 
-    return load_task(path, expected=PropertyTask, map_location=device, trust_checkpoint=trust_checkpoint)
+    task = load_task(path, expected=PropertyTask, map_location=device, trust_checkpoint=trust_checkpoint)
+    if task.hparams.get("forces"):
+        raise ValueError(f"{path} is a force field (energy and forces), not a property regressor")
+    return task
 
 
-def property_errors(
-    regressor, mols: Sequence[Chem.Mol], targets: Mapping[str, float] | None = None, device=None, plot=None
-) -> dict[str, float]:
-    """``mae_<name>`` of every property the regressor predicts and a target is known for.
-
-    The target of each molecule is ``targets[name]`` when given, else its SD tag ``name``. With
-    ``plot`` (a PNG path), also draws the histogram of the predicted property against its target.
-    """
+def requested_values(regressor, mols: Sequence[Chem.Mol], targets: Mapping[str, float] | None = None) -> dict:
+    """Per property the regressor predicts: the value each molecule was asked for (``targets[name]``
+    when given, else its SD tag ``name``; NaN where a molecule has no tag). Properties without any
+    requested value are left out; none at all is a one-line error."""
     targets = dict(targets or {})
     names = list(regressor.hparams.targets)
     unknown = [name for name in targets if name not in names]
     if unknown:
         raise ValueError(f"the regressor predicts {', '.join(names)}; it cannot score {', '.join(unknown)}")
-    pred = predict_properties(regressor, mols, device=device)
-    out, scored = {}, {}
-    for k, name in enumerate(names):
+    out = {}
+    for name in names:
         if name in targets:
-            target = torch.full_like(pred[:, k], float(targets[name]))
-        elif all(mol.HasProp(name) for mol in mols):
-            target = torch.tensor([float(mol.GetProp(name)) for mol in mols], dtype=pred.dtype)
-        else:
-            continue
-        out[f"mae_{name}"] = property_mae(pred[:, k], target)
-        scored[name] = (pred[:, k], target, regressor.hparams.units[k])
-    if plot is not None and scored:
-        plot_property_histograms(scored, plot)
+            value = targets[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"target.{name} must be a finite number, got {value!r}")
+            out[name] = torch.full((len(mols),), float(value), dtype=torch.float64)
+        elif any(mol.HasProp(name) for mol in mols):
+            out[name] = torch.tensor([_tag(mol, name) for mol in mols], dtype=torch.float64)
+    if not out:
+        raise ValueError(
+            f"no molecule has an SD tag for {', '.join(names)} (the properties the regressor predicts): "
+            "give target.<name>=VALUE, or generate the molecules with condition.<name>=..."
+        )
     return out
 
 
-def plot_property_histograms(scored: Mapping[str, tuple], path) -> None:
-    """Histogram of each predicted property, with the conditioning target(s) marked, into one PNG."""
-    import matplotlib
+def _tag(mol: Chem.Mol, name: str) -> float:
+    if not mol.HasProp(name):
+        return float("nan")
+    text = mol.GetProp(name)
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"SD tag {name}={text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"SD tag {name}={text!r} is not a finite number")
+    return value
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(scored), figsize=(4.5 * len(scored), 3.2), squeeze=False)
-    for ax, (name, (pred, target, unit)) in zip(axes[0], scored.items()):
-        ax.hist(pred.numpy(), bins=30, alpha=0.7, label="predicted (regressor)")
-        for value in sorted(set(target.tolist()))[:5]:
-            ax.axvline(value, color="k", ls="--", lw=1)
-        ax.set(xlabel=f"{name} ({unit})", ylabel="molecules", title=f"{name}: target dashed")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_write(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=110)
-    plt.close(fig)
+def property_errors(
+    regressor,
+    mols: Sequence[Chem.Mol],
+    targets: Mapping[str, float] | None = None,
+    device=None,
+    plot=None,
+    record: Mapping | None = None,
+    seed: int = 0,
+    annotate: bool = True,
+) -> dict[str, float]:
+    """The conditional-generation protocol (:mod:`geomol.metrics.conditional`) for every property the
+    regressor predicts and a requested value is known for; prints its table.
+
+    Returns ``mae_<name>``, ``mae_valid_<name>``, ``shuffled_<name>``, ``atoms_baseline_<name>``,
+    ``lower_bound_<name>``, ``scored_<name>`` (and ``ood_generated_<name>``, ``ood_qm9_test_<name>``
+    for a single requested value). With ``annotate``, each molecule gets the SD tag
+    ``predicted_<name>`` (the property's unit); with ``plot`` (a PNG path), requested vs predicted.
+    """
+    requested = requested_values(regressor, mols, targets)
+    valid = torch.tensor([sanitized(m) is not None for m in mols], dtype=torch.bool)
+    rows, pred, readable = conditional_report(regressor, mols, requested, valid, record, seed=seed, device=device)
+    names = list(regressor.hparams.targets)
+    if annotate:
+        for mol, values, ok in zip(mols, pred.tolist(), readable.tolist()):
+            if ok:
+                for name in requested:
+                    mol.SetDoubleProp(f"predicted_{name}", values[names.index(name)])
+    print(format_report(rows))
+    out = {}
+    for row in rows:
+        name = row["name"]
+        for key in ("mae", "mae_valid", "shuffled", "atoms_baseline", "lower_bound"):
+            out[f"{key}_{name}"] = row[key]
+        out[f"scored_{name}"] = float(row["scored"])
+        if row["ood"] is not None:
+            out[f"ood_generated_{name}"] = row["ood"]["generated"]
+            if row["ood"]["qm9_test"] is not None:
+                out[f"ood_qm9_test_{name}"] = row["ood"]["qm9_test"]
+    if plot is not None:
+        plot_conditional(requested, pred, names, list(regressor.hparams.units), plot)
+    return out
+
+
+def regressor_record(path: str | Path) -> dict | None:
+    """The test record stored with a regressor by ``train.py`` (lower bound, test quantiles), if any."""
+    record = read_checkpoint(path).get(RECORD_KEY)
+    return record if isinstance(record, dict) else None
 
 
 def print_metrics(metrics: Mapping[str, float], title: str) -> None:
@@ -137,16 +182,48 @@ def print_metrics(metrics: Mapping[str, float], title: str) -> None:
         print(f"  {key:<22s} {value:10.4f}")
 
 
+def check_output(path: str | Path | None, suffix: str, what: str, protect: Sequence[str | Path] = ()) -> Path | None:
+    """An output path that can be written: right suffix, existing folder, not a folder itself, not one of
+    ``protect`` (the inputs). Checked before any work, so nothing is half done."""
+    if path is None or path == "":
+        return None
+    path = Path(path)
+    if path.suffix.lower() != suffix:
+        raise ValueError(f"{what} must be an {suffix} file, got {path}")
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a folder, not a file")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"output folder does not exist: {path.parent}")
+    if any(path.resolve() == Path(p).resolve() for p in protect if p):
+        raise ValueError(f"{what} {path} would overwrite an input file")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"{what} {path} cannot be written (permission denied)")
+    return path
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     if not cfg.sdf:
         raise ValueError("give the molecules to score: sdf=PATH")
-    mols = read_molecules(cfg.sdf)
-    metrics = molecule_metrics(mols)
+    sdf = Path(cfg.sdf)
+    output = check_output(cfg.output, ".sdf", "output", protect=[sdf, cfg.regressor])
+    png = None
     if cfg.regressor:
+        default_png = sdf.with_name(sdf.stem + "_property.png")
+        png = check_output(cfg.png or default_png, ".png", "png", protect=[sdf, cfg.regressor, output])
         device = resolve_device(cfg.device)
         regressor = load_regressor(cfg.regressor, device, bool(cfg.trust_checkpoint))
-        metrics.update(property_errors(regressor, mols, OmegaConf.to_container(cfg.target), device))
+    elif output is not None:
+        raise ValueError("output= writes the predicted properties into a copy of the SDF: give regressor=PATH too")
+    mols = read_molecules(sdf)
+    metrics = molecule_metrics(mols)
     print_metrics(metrics, f"Metrics of {len(mols)} molecules in {cfg.sdf}:")
+    if cfg.regressor:
+        record = regressor_record(cfg.regressor)
+        targets = OmegaConf.to_container(cfg.target)
+        metrics.update(property_errors(regressor, mols, targets, device, png, record, int(cfg.seed)))
+        if output is not None:
+            write_sdf(mols, output)
+        print(f"  histogram of requested vs predicted values: {png}" + (f"; annotated SDF: {output}" if output else ""))
     return metrics
 
 

@@ -19,7 +19,15 @@ from rdkit import Chem
 from rdkit.Chem import Draw
 
 from geomol.checkpoints import load_task
-from geomol.cli.evaluate import compose_config, load_regressor, print_metrics, property_errors, resolve_device
+from geomol.cli.evaluate import (
+    check_output,
+    compose_config,
+    load_regressor,
+    print_metrics,
+    property_errors,
+    regressor_record,
+    resolve_device,
+)
 from geomol.cli.train import report_errors
 from geomol.data.chem import atomic_write, write_sdf
 from geomol.metrics.summary import molecule_metrics
@@ -70,21 +78,31 @@ def _draw_options():
 
 
 def _legend(k: int, mol: Chem.Mol, names: Sequence[str]) -> str:
-    tags = ", ".join(f"{name}={mol.GetDoubleProp(name):.3g}" for name in names if mol.HasProp(name))
+    tags = ", ".join(
+        f"{name}={mol.GetDoubleProp(name):.3g}"
+        + (f"→{mol.GetDoubleProp('predicted_' + name):.3g}" if mol.HasProp(f"predicted_{name}") else "")
+        for name in names
+        if mol.HasProp(name)
+    )
     return f"#{k}" + (f" ({tags})" if tags else "")
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
     if not cfg.ckpt:
         raise ValueError("give a checkpoint: ckpt=PATH (trained with train.py model=propmolflow)")
-    output = Path(cfg.output)
-    if output.suffix.lower() != ".sdf":
-        raise ValueError(f"output must be an .sdf file, got {output}")
-    if not output.parent.is_dir():
-        raise FileNotFoundError(f"output folder does not exist: {output.parent}")
+    if not cfg.output:
+        raise ValueError("give the output file: output=mols.sdf")
+    # Every output is checked before anything is sampled: nothing is half written.
+    inputs = [cfg.ckpt, cfg.regressor]
+    output = check_output(cfg.output, ".sdf", "output", protect=inputs)
+    png = check_output(cfg.png or output.with_suffix(".png"), ".png", "png", protect=[*inputs, output])
+    histogram = None
+    if cfg.regressor:
+        histogram = check_output(output.with_name(output.stem + "_property.png"), ".png", "histogram", inputs)
     device = resolve_device(cfg.device)
     trust = bool(cfg.trust_checkpoint)
     task = load_generator(cfg.ckpt, device, trust)
+    regressor = load_regressor(cfg.regressor, device, trust) if cfg.regressor else None
     condition = OmegaConf.to_container(cfg.condition)
     start = time.perf_counter()
     mols = task.sample(
@@ -98,18 +116,23 @@ def run(cfg: DictConfig) -> dict[str, float]:
         seed=cfg.seed,
     )
     seconds = time.perf_counter() - start
-    write_sdf(mols, output)
-    png = Path(cfg.png) if cfg.png else output.with_suffix(".png")
+    metrics = molecule_metrics(mols)
+    metrics["molecules_per_second"] = len(mols) / seconds
+    what = ", ".join(f"{k}={_short(v)}" for k, v in condition.items()) or "unconditional"
+    print_metrics(metrics, f"Generated {len(mols)} molecules ({what}) -> {output}, {png}:")
+    if regressor is not None:
+        record = regressor_record(cfg.regressor)
+        metrics.update(
+            property_errors(regressor, mols, device=device, plot=histogram, record=record, seed=int(cfg.seed))
+        )
+    write_sdf(mols, output)  # after the regressor: its predictions are SD tags (predicted_<name>)
     shown = mols[: int(cfg.grid)]
     draw_grid(shown, png, [_legend(k, m, task.hparams.condition) for k, m in enumerate(shown)])
-    metrics = molecule_metrics(mols)
-    if cfg.regressor:
-        histogram = output.with_name(output.stem + "_property.png")
-        metrics.update(property_errors(load_regressor(cfg.regressor, device, trust), mols, device=device, plot=histogram))
-    metrics["molecules_per_second"] = len(mols) / seconds
-    what = ", ".join(f"{k}={v}" for k, v in condition.items()) or "unconditional"
-    print_metrics(metrics, f"Generated {len(mols)} molecules ({what}) -> {output}, {png}:")
     return metrics
+
+
+def _short(value) -> str:
+    return f"[{len(value)} values]" if isinstance(value, list) and len(value) > 3 else str(value)
 
 
 @report_errors

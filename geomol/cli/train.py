@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ..checkpoints import read_checkpoint
+from ..checkpoints import add_record, read_checkpoint
 
 log = logging.getLogger("geomol")
 
@@ -64,7 +64,23 @@ def run(cfg: DictConfig) -> dict[str, float]:
         metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
         if trainer.is_global_zero:
             print_metrics(task, metrics, run_dir)
+            record_test(task, datamodule, metrics, run_dir)
     return metrics
+
+
+def record_test(task: pl.LightningModule, datamodule: pl.LightningDataModule, metrics: dict, run_dir: Path) -> None:
+    """Store a property model's test metrics and reference statistics in its ``last.ckpt`` (the weights
+    that were tested): the lower bound and baselines of the conditional-generation protocol."""
+    from geomol.metrics.conditional import RECORD_KEY
+
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not hasattr(datamodule, "property_reference") or not last.is_file() or not hasattr(task, "metric_units"):
+        return
+    if getattr(task.hparams, "forces", False):
+        return
+    record = {"metrics": {k.split("/", 1)[-1]: v for k, v in metrics.items()}, **datamodule.property_reference()}
+    add_record(last, RECORD_KEY, record)
+    log.info("test metrics and reference statistics stored in %s", last)
 
 
 def print_metrics(task: pl.LightningModule, metrics: dict[str, float], run_dir: Path) -> None:

@@ -179,6 +179,19 @@ class QM9DataModule(GraphDataModule):
                 )
         return dataset, train, val, test
 
+    def property_reference(self) -> dict:
+        """Per target: test-split quantiles and per-atom-count means of the training split (see
+        :func:`geomol.metrics.conditional.property_reference`), stored with a trained regressor."""
+        from geomol.metrics.conditional import property_reference
+
+        self.setup()
+        train, test = self.splits["train"], self.splits["test"]
+        cols = self.target_columns
+        reference = property_reference(
+            self.dataset.y[train][:, cols], self.dataset.num_atoms()[train], self.dataset.y[test][:, cols], self.targets
+        )
+        return {"targets": list(self.targets), "train_half": self.train_half, **reference}
+
     def task_kwargs(self) -> dict:
         """Target names, units and training-split statistics for :class:`geomol.tasks.PropertyTask`."""
         self.setup()

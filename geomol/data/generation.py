@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from geomol.metrics.conditional import distribution_quantiles
 from geomol.metrics.properties import ood_target
 
 from .datamodule import QM9DataModule
@@ -69,6 +70,7 @@ class QM9GenerationDataModule(QM9DataModule):
         self.setup()
         train = self.splits["train"]
         y = self.dataset.y[train].double()  # [M, 19]
+        test_y = self.dataset.y[self.splits["test"]].double()
         std = y.std(0) if y.size(0) > 1 else y.new_ones(y.size(1))
         counts = atom_count_statistics(self.dataset.num_atoms()[train], y, TARGETS, self.atom_count_bins)
         return {
@@ -78,4 +80,7 @@ class QM9GenerationDataModule(QM9DataModule):
             "std": std.clamp_min(1e-8).tolist(),
             "atom_counts": counts,
             "ood_targets": [ood_target(y[:, k]) for k in range(y.size(1))],
+            # The test split's distribution of each property, for condition.<name>=sample (the protocol
+            # draws the requested values from it).
+            "test_quantiles": [distribution_quantiles(test_y[:, k]) for k in range(y.size(1))],
         }

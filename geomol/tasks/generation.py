@@ -9,6 +9,7 @@ other input.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -20,11 +21,30 @@ from geomol.data.chem import ATOMIC_NUMBERS, ELEMENTS, mol_from_graph
 from geomol.flows.bonds import bonds_from_pairs, pair_bond_types, upper_pairs
 from geomol.flows.molecule import MODALITIES, MolecularFlow, MoleculeState
 from geomol.flows.sampler import AtomCounts, euler_sample, split_molecules
+from geomol.metrics.conditional import quantile_sample
 from geomol.metrics.summary import molecule_metrics
 from geomol.metrics.validity import sanitized
 from geomol.tasks.base import GeomolTask, plain_config
 
 __all__ = ["GenerationTask", "CHARGES"]
+
+log = logging.getLogger("geomol")
+
+
+def _numbers(name: str, value) -> Tensor:
+    """A condition value as a 1-D float64 tensor of finite numbers, or a one-line ValueError."""
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if isinstance(value, Tensor):
+        items = value.flatten().tolist()
+    bad = [v for v in items if isinstance(v, bool) or not isinstance(v, (int, float))]
+    if bad or not items:
+        shown = bad[0] if bad else value
+        raise ValueError(f"condition.{name} must be a number, a list of numbers, 'sample' or 'ood', got {shown!r}")
+    out = torch.tensor(items, dtype=torch.float64)
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(f"condition.{name} must be finite numbers, got {value!r}")
+    return out
+
 
 # Formal charges the flow can produce (class k is charge CHARGES[k]); QM9 has only -1, 0, +1.
 CHARGES = (-2, -1, 0, 1, 2, 3)
@@ -45,6 +65,8 @@ class GenerationTask(GeomolTask):
             ``targets``, in order).
         ood_targets: out-of-distribution value of each target (99th percentile of the training
             molecules); ``condition={"gap": "ood"}`` samples at it.
+        test_quantiles: per target, equally spaced quantiles of its test-split distribution;
+            ``condition={"gap": "sample"}`` draws one value per molecule from it (the protocol).
         condition: property names to condition on; empty: unconditional generation.
         flow: keyword arguments of :class:`~geomol.flows.molecule.MolecularFlow` (schedules, prior
             std, alignment).
@@ -65,6 +87,7 @@ class GenerationTask(GeomolTask):
         atom_counts: Mapping,
         target_columns: Sequence[int] | None = None,
         ood_targets: Sequence[float] | None = None,
+        test_quantiles: Sequence[Sequence[float]] | None = None,
         condition: Sequence[str] = (),
         flow: Mapping | None = None,
         loss_weights: Mapping[str, float] | None = None,
@@ -105,6 +128,9 @@ class GenerationTask(GeomolTask):
                 "std": [float(std[k]) for k in keep],
                 "target_columns": [int(columns[k]) for k in keep],
                 "ood_targets": None if ood_targets is None else [float(ood_targets[k]) for k in keep],
+                "test_quantiles": None
+                if test_quantiles is None
+                else [[float(v) for v in test_quantiles[k]] for k in keep],
                 "atom_counts": {
                     "counts": list(atom_counts["counts"]),
                     "given_property": {name: given[name] for name in condition if name in given},
@@ -201,8 +227,15 @@ class GenerationTask(GeomolTask):
         self.log_dict({f"val/{key}": value for key, value in metrics.items()}, sync_dist=True)
 
     # ------------------------------------------------------------------ sampling
-    def _condition_values(self, condition: Mapping[str, float | Sequence[float]] | None, num: int) -> Tensor | None:
-        """Raw conditioning values ``[num, P]`` in the order of ``hparams.condition``."""
+    def _condition_values(
+        self, condition: Mapping[str, float | Sequence[float]] | None, num: int, generator=None
+    ) -> Tensor | None:
+        """Raw conditioning values ``[num, P]`` in the order of ``hparams.condition``.
+
+        Each value is a number, one number per molecule, ``"ood"`` (the 99th percentile of the training
+        molecules) or ``"sample"`` (one value per molecule drawn from the test split's distribution,
+        with ``generator``). Anything else raises a one-line ValueError.
+        """
         condition = dict(condition or {})
         trained = self.hparams.condition
         unknown = [name for name in condition if name not in trained]
@@ -222,18 +255,36 @@ class GenerationTask(GeomolTask):
             if isinstance(value, str) and value == "ood":
                 if self.hparams.ood_targets is None:
                     raise ValueError("this checkpoint has no out-of-distribution targets; give a number")
-                value = self.hparams.ood_targets[k]
-            elif isinstance(value, str):
-                raise ValueError(f"condition.{name} must be a number, a list of numbers or 'ood', got {value!r}")
-            value = torch.as_tensor(value, dtype=torch.float64).flatten()
+                value = torch.full((num,), float(self.hparams.ood_targets[k]), dtype=torch.float64)
+            elif isinstance(value, str) and value == "sample":
+                quantiles = self.hparams.get("test_quantiles")
+                if quantiles is None:
+                    raise ValueError(
+                        f"this checkpoint does not store the test split's {name} distribution (trained before "
+                        f"condition.{name}=sample existed): give a number or a list of values"
+                    )
+                value = quantile_sample(quantiles[k], num, generator)
+            else:
+                value = _numbers(name, value)
             if value.numel() == 1:
                 value = value.expand(num)
             if value.numel() != num:
                 raise ValueError(f"condition.{name} has {value.numel()} values for {num} molecules")
-            if not bool(torch.isfinite(value).all()):
-                raise ValueError(f"condition.{name} must be a finite number")
+            self._warn_far(name, k, value)
             columns.append(value)
         return torch.stack(columns, dim=1)
+
+    def _warn_far(self, name: str, k: int, value: Tensor) -> None:
+        """One warning line when requested values lie far outside what the model was trained on."""
+        mean, std = self.hparams.mean[k], self.hparams.std[k]
+        z = ((value - mean) / std).abs().max()
+        if float(z) > 4.0:
+            unit = self.hparams.units[k]
+            log.warning(
+                "condition.%s up to %.4g %s lies %.1f std from the training molecules' mean (%.4g ± %.4g %s): "
+                "the model was not trained there",
+                name, float(value[((value - mean) / std).abs().argmax()]), unit, float(z), mean, std, unit,
+            )  # fmt: skip
 
     def _atom_counts(self, num: int, n_atoms, values: Tensor | None, generator) -> Tensor:
         if n_atoms is not None:
@@ -269,9 +320,10 @@ class GenerationTask(GeomolTask):
 
         Args:
             num_molecules: how many molecules.
-            condition: raw property values ``{name: value or one value per molecule}``, or ``"ood"``
-                for the out-of-distribution target; required for every property the checkpoint was
-                trained on, refused for any other.
+            condition: raw property values ``{name: value or one value per molecule}``, ``"ood"``
+                for the out-of-distribution target, or ``"sample"`` for values drawn from the test
+                split (seeded by ``seed``); required for every property the checkpoint was trained
+                on, refused for any other.
             n_atoms: atoms per molecule (one number or one per molecule); default: drawn from the
                 training molecules, at the percentile of the requested property values.
             steps, eta, temperature, batch_size: override ``hparams.sampling``.
@@ -289,7 +341,7 @@ class GenerationTask(GeomolTask):
             raise ValueError(f"batch_size must be at least 1, got {opts['batch_size']}")
         cpu_gen = torch.Generator().manual_seed(seed) if seed is not None else None
         dev_gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
-        values = self._condition_values(condition, num_molecules)
+        values = self._condition_values(condition, num_molecules, cpu_gen)
         counts = self._atom_counts(num_molecules, n_atoms, values, cpu_gen)
         was_training = self.training
         self.eval()

@@ -203,3 +203,154 @@ def test_draw_grid_inside_jupyter(tmp_path):
     finally:
         console.UninstallIPythonRenderer()
     assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------- the conditional-generation protocol
+@pytest.fixture(scope="module")
+def recorded_regressor(tmp_path_factory):
+    """A GVP regressor of gap and mu trained by train.py on the fixture's regressor half: its last.ckpt
+    carries the test record (test MAE, test-split quantiles, per-atom-count means)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from geomol.cli.train import CONFIG_DIR, run
+
+    folder = tmp_path_factory.mktemp("recorded")
+    overrides = [
+        f"paths.run_dir={folder}", f"paths.data_dir={folder}", "model=gvp_regressor", "data=qm9",
+        "data.source=tests/fixtures/qm9", "data.train_half=regressor", "data.target=[gap,mu]", "data.batch_size=16",
+        "model.net.scalars=16", "model.net.vectors=4", "model.net.num_layers=1", "trainer=quick",
+        "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "callbacks.curves=null",
+    ]  # fmt: skip
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    metrics = run(cfg)
+    return folder / "checkpoints" / "last.ckpt", metrics
+
+
+def test_train_py_stores_the_regressor_test_record(recorded_regressor):
+    from geomol.checkpoints import read_checkpoint
+    from geomol.metrics.conditional import QUANTILES, RECORD_KEY
+
+    path, metrics = recorded_regressor
+    record = read_checkpoint(path)[RECORD_KEY]
+    assert record["metrics"]["mae_gap"] == pytest.approx(metrics["test/mae_gap"])
+    assert record["targets"] == ["gap", "mu"] and record["train_half"] == "regressor"
+    assert len(record["test_quantiles"]["gap"]) == QUANTILES
+    assert record["test_quantiles"]["gap"] == sorted(record["test_quantiles"]["gap"])
+    assert any(m is not None for m in record["atom_count_means"]["mu"])
+
+
+def test_protocol_with_sampled_requests(checkpoint, recorded_regressor, tmp_path, capsys):
+    """condition.gap=sample draws requests from the test split; the table, tags and histogram follow."""
+    regressor, _ = recorded_regressor
+    out = tmp_path / "mols.sdf"
+    args = [f"ckpt={checkpoint}", "num_molecules=6", f"output={out}", "condition.gap=sample", "steps=2", "seed=3"]
+    metrics = generate_main(args + [f"regressor={regressor}", "batch_size=3"])
+    printed = capsys.readouterr().out
+    assert "Conditional generation" in printed and "shuffled" in printed and "lower bd" in printed
+    written = list(Chem.SDMolSupplier(str(out), sanitize=False, removeHs=False))
+    requested = [float(m.GetProp("gap")) for m in written]
+    assert len(set(requested)) == 6  # one draw per molecule
+    task = GenerationTask.load_from_checkpoint(checkpoint)
+    lo, hi = task.hparams.test_quantiles[0][0], task.hparams.test_quantiles[0][-1]
+    assert all(lo <= v <= hi for v in requested)
+    predicted = torch.tensor([float(m.GetProp("predicted_gap")) for m in written], dtype=torch.float64)
+    assert metrics["mae_gap"] == pytest.approx(float((predicted - torch.tensor(requested)).abs().mean()), rel=1e-5)
+    assert metrics["lower_bound_gap"] == pytest.approx(read_record(regressor)["metrics"]["mae_gap"] / 1000)
+    assert metrics["scored_gap"] == 6.0 and metrics["shuffled_gap"] > 0
+    assert (tmp_path / "mols_property.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Same seed, same requests; the evaluator recomputes the table from the SDF's tags alone.
+    again = evaluate_main([f"sdf={out}", f"regressor={regressor}", f"output={tmp_path / 'annotated.sdf'}", "seed=3"])
+    assert again["mae_gap"] == pytest.approx(metrics["mae_gap"], rel=1e-4)
+    assert again["shuffled_gap"] == pytest.approx(metrics["shuffled_gap"], rel=1e-4)
+    assert "predicted_gap" in next(iter(Chem.SDMolSupplier(str(tmp_path / "annotated.sdf"), sanitize=False))).GetPropNames()
+
+
+def test_ood_request_reports_fractions(checkpoint, recorded_regressor, tmp_path, capsys):
+    regressor, _ = recorded_regressor
+    out = tmp_path / "ood.sdf"
+    metrics = generate_main([f"ckpt={checkpoint}", "num_molecules=4", f"output={out}", "condition.gap=ood",
+                             "steps=2", f"regressor={regressor}"])  # fmt: skip
+    assert 0.0 <= metrics["ood_generated_gap"] <= 1.0 and 0.0 <= metrics["ood_qm9_test_gap"] <= 0.2
+    assert "real QM9 test molecules" in capsys.readouterr().out
+
+
+def read_record(path):
+    from geomol.checkpoints import read_checkpoint
+    from geomol.metrics.conditional import RECORD_KEY
+
+    return read_checkpoint(path)[RECORD_KEY]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["condition.gap=abc"], "condition.gap must be a number, a list of numbers, 'sample' or 'ood', got 'abc'"),
+        (["condition.gap=null"], "condition.gap must be a number, a list of numbers, 'sample' or 'ood', got None"),
+        (["condition.gap=true"], "condition.gap must be a number, a list of numbers, 'sample' or 'ood', got True"),
+        (["condition.gap={{a:1}}"], "condition.gap must be a number, a list of numbers, 'sample' or 'ood', got {{'a': 1}}"),
+        (["condition.gap=[1,abc]"], "condition.gap must be a number, a list of numbers, 'sample' or 'ood', got 'abc'"),
+        (["condition.gap=nan"], "condition.gap must be finite numbers, got nan"),
+        (["condition.gap=inf"], "condition.gap must be finite numbers, got inf"),
+        (["png={tmp}/grid.jpg"], "png must be an .png file, got {tmp}/grid.jpg"),
+        (["png={ckpt}"], "png must be an .png file, got {ckpt}"),
+        (["png={tmp}/mols.png", "output={tmp}/mols.png"], "output must be an .sdf file, got {tmp}/mols.png"),
+        (["output={tmp}"], "output must be an .sdf file, got {tmp}"),
+        (["regressor={tmp}/none.ckpt"], "checkpoint not found: {tmp}/none.ckpt"),
+        (["regressor={ckpt}"], "holds a GenerationTask, but a PropertyTask is needed here"),
+    ],
+)
+def test_protocol_bad_input(checkpoint, tmp_path, capsys, args, message):
+    fill = {"tmp": tmp_path, "ckpt": checkpoint}
+    base = [f"ckpt={checkpoint}", f"output={tmp_path}/mols.sdf", "condition.gap=6.8", "steps=2", "num_molecules=2"]
+    args = [a.format(**fill) for a in args]
+    keys = {a.split("=")[0] for a in args}
+    with pytest.raises(SystemExit) as exit_info:
+        generate_main([a for a in base if a.split("=")[0] not in keys] + args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message.format(**fill) in err[0]
+    assert not list(tmp_path.glob("*.sdf")) and not list(tmp_path.glob("*.png"))
+
+
+def test_sample_needs_the_stored_test_distribution(checkpoint, tmp_path, capsys):
+    old = torch.load(checkpoint, weights_only=True)
+    old["hyper_parameters"]["test_quantiles"] = None  # as written before condition=sample existed
+    path = tmp_path / "old.ckpt"
+    torch.save(old, path)
+    with pytest.raises(SystemExit):
+        generate_main([f"ckpt={path}", f"output={tmp_path}/m.sdf", "condition.gap=sample", "num_molecules=2"])
+    assert "does not store the test split's gap distribution" in capsys.readouterr().err
+
+
+def test_evaluate_protocol_bad_input(checkpoint, recorded_regressor, tmp_path, capsys):
+    regressor, _ = recorded_regressor
+    plain = tmp_path / "plain.sdf"
+    mol = Chem.AddHs(Chem.MolFromSmiles("CCO"))
+    from rdkit.Chem import AllChem
+
+    AllChem.EmbedMolecule(mol, randomSeed=0)
+    Chem.MolToMolFile(mol, str(plain))
+    tagged = tmp_path / "tagged.sdf"
+    mol.SetProp("alpha", "40.0")
+    writer = Chem.SDWriter(str(tagged))
+    writer.write(mol)
+    writer.close()
+    cases = [
+        ([f"sdf={plain}", f"regressor={regressor}"], "no molecule has an SD tag for gap, mu"),
+        ([f"sdf={tagged}", f"regressor={regressor}"], "no molecule has an SD tag for gap, mu"),
+        ([f"sdf={plain}", f"regressor={regressor}", "target.alpha=3"], "the regressor predicts gap, mu; it cannot score alpha"),
+        ([f"sdf={plain}", f"regressor={regressor}", "target.gap=abc"], "target.gap must be a finite number, got 'abc'"),
+        ([f"sdf={plain}", f"regressor={checkpoint}"], "holds a GenerationTask, but a PropertyTask is needed here"),
+        ([f"sdf={plain}", f"regressor={regressor}", f"png={plain.with_suffix('.png')}", f"output={plain}"],
+         "output " + str(plain) + " would overwrite an input file"),
+    ]  # fmt: skip
+    for args, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            evaluate_main(args)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (args, err)
+    assert not list(tmp_path.glob("*.png"))
