@@ -114,6 +114,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         temperature=cfg.temperature,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
+        progress=bool(cfg.progress),
     )
     seconds = time.perf_counter() - start
     metrics = molecule_metrics(mols)

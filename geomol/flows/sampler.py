@@ -10,7 +10,7 @@ same percentile as the requested value.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -99,6 +99,7 @@ def euler_sample(
     eta: float = 10.0,
     temperature: float = 0.05,
     generator: torch.Generator | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> tuple[MoleculeState, Tensor, Tensor]:
     """Integrate the flow from the prior to molecules with the given numbers of atoms.
 
@@ -111,6 +112,7 @@ def euler_sample(
         eta: CTMC stochasticity (re-masking rate).
         temperature: softmax temperature of the token draws (``< 1`` sharpens).
         generator: random generator on the field's device.
+        on_step: called after every Euler step (progress bars).
 
     Returns:
         (molecule state, batch ``[N]``, pairs ``[2, P]``); no token is left in its mask state.
@@ -157,6 +159,8 @@ def euler_sample(
             flow.masks["c"].step(state.charge, out.charge_logits, a_t["c"], a_s["c"], **step),
             flow.masks["e"].step(state.bond_type, out.bond_logits, a_t["e"], a_s["e"], **step),
         )
+        if on_step is not None:
+            on_step()
     return state, batch, pairs
 
 

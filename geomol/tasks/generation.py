@@ -16,6 +16,7 @@ import torch
 from hydra.utils import instantiate
 from rdkit import Chem
 from torch import Tensor
+from tqdm import tqdm
 
 from geomol.data.chem import ATOMIC_NUMBERS, ELEMENTS, mol_from_graph
 from geomol.flows.bonds import bonds_from_pairs, pair_bond_types, upper_pairs
@@ -315,6 +316,7 @@ class GenerationTask(GeomolTask):
         temperature: float | None = None,
         batch_size: int | None = None,
         seed: int | None = None,
+        progress: bool = False,
     ) -> list[Chem.Mol]:
         """Generate molecules as RDKit molecules with 3D conformers (sanitized where RDKit accepts them).
 
@@ -328,6 +330,7 @@ class GenerationTask(GeomolTask):
                 training molecules, at the percentile of the requested property values.
             steps, eta, temperature, batch_size: override ``hparams.sampling``.
             seed: seed of the prior, atom counts and token draws.
+            progress: show a progress bar over steps × batches (stderr).
 
         Each molecule carries its conditioning values as RDKit properties (written as SD tags).
         """
@@ -346,6 +349,9 @@ class GenerationTask(GeomolTask):
         was_training = self.training
         self.eval()
         mols: list[Chem.Mol] = []
+        batches = -(-num_molecules // int(opts["batch_size"]))
+        bar = tqdm(total=batches * int(opts["steps"]), desc=f"sampling {num_molecules} molecules", unit="step",
+                   disable=not progress, dynamic_ncols=True)  # fmt: skip
         for start in range(0, num_molecules, opts["batch_size"]):
             chunk = slice(start, min(start + opts["batch_size"], num_molecules))
             standard = None
@@ -360,6 +366,7 @@ class GenerationTask(GeomolTask):
                 eta=float(opts["eta"]),
                 temperature=float(opts["temperature"]),
                 generator=dev_gen,
+                on_step=bar.update,
             )
             for k, (mol_state, mol_pairs) in enumerate(split_molecules(state, batch_vec, pairs)):
                 mol = self._to_rdkit(mol_state, mol_pairs)
@@ -367,6 +374,7 @@ class GenerationTask(GeomolTask):
                     for name, value in zip(self.hparams.condition, values[start + k].tolist()):
                         mol.SetDoubleProp(name, value)
                 mols.append(mol)
+        bar.close()
         self.train(was_training)
         return mols
 

@@ -354,3 +354,11 @@ def test_evaluate_protocol_bad_input(checkpoint, recorded_regressor, tmp_path, c
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], (args, err)
     assert not list(tmp_path.glob("*.png"))
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_generate_progress_bar(checkpoint, tmp_path, capsys, progress):
+    args = [f"ckpt={checkpoint}", "num_molecules=3", f"output={tmp_path / 'p.sdf'}", "condition.gap=6.8", "steps=4"]
+    generate_main(args + ["batch_size=2", f"progress={str(progress).lower()}"])
+    err = capsys.readouterr().err
+    assert ("sampling 3 molecules" in err and "8/8" in err) == progress, err
