@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ..checkpoints import add_record, read_checkpoint
+from ..tasks.loggers import trim_metrics
 
 log = logging.getLogger("geomol")
 
@@ -55,8 +56,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     datamodule, task, trainer = build(cfg)
     ckpt = resume_checkpoint(cfg, run_dir)
     if ckpt:
-        read_checkpoint(ckpt)  # refuse unsafe or damaged files with one line
+        step = read_checkpoint(ckpt).get("global_step")  # refuse unsafe or damaged files with one line
         log.info("resuming from %s", ckpt)
+        if isinstance(step, int):
+            # Rows logged after that checkpoint are trained again: drop them so the log reads as one run.
+            trim_metrics(run_dir / "metrics.csv", step)
     trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
     metrics: dict[str, float] = {}
     if cfg.get("test", True) and not trainer.fast_dev_run:

@@ -1,5 +1,6 @@
 """A run killed with SIGKILL mid-epoch continues from last.ckpt and ends with the same weights."""
 
+import csv
 import os
 import signal
 import subprocess
@@ -7,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,3 +59,16 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     assert expected.keys() == got.keys()
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
+    # The log survives the kill: metrics.csv holds the validation rows of every epoch, before and after
+    # the resume, once each, and they equal the uninterrupted run's.
+    assert val_rows(killed_dir).keys() == val_rows(tmp_path / "reference").keys() == {0, 1, 2}
+    for epoch, loss in val_rows(tmp_path / "reference").items():
+        assert val_rows(killed_dir)[epoch] == pytest.approx(loss, rel=1e-4), epoch
+
+
+def val_rows(run_dir: Path) -> dict[int, float]:
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("val/loss")]
+    epochs = [int(row["epoch"]) for row in rows]
+    assert len(epochs) == len(set(epochs)), f"duplicated validation rows: {epochs}"
+    return {int(row["epoch"]): float(row["val/loss"]) for row in rows}
