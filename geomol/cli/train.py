@@ -17,6 +17,10 @@ from ..tasks.loggers import trim_metrics
 
 log = logging.getLogger("geomol")
 
+# Default run directories end in the process id, so two runs started in the same second never share one.
+if not OmegaConf.has_resolver("geomol_pid"):
+    OmegaConf.register_new_resolver("geomol_pid", lambda: str(os.getpid()))
+
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 # Errors a user can cause with their input or setup: printed as one line, exit code 2.
@@ -38,6 +42,79 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
     return str(last) if last.is_file() else None
 
 
+# Keys that may change when a run resumes: they do not change what is learned (cache folders, loader
+# workers, evaluation batch size). Everything else under model/data (and the seed) must match.
+RESUMABLE_CHANGES = ("data.root", "data.num_workers", "data.eval_batch_size")
+STORED_CONFIG = "geomol_config.yaml"
+
+
+def _flatten(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out or {prefix[:-1]: {}}
+    return {prefix[:-1]: node}
+
+
+def _learning_config(cfg: DictConfig) -> dict:
+    """The part of the config that decides what a run learns (model, data, seed), as plain data."""
+    plain = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+             for key in ("model", "data", "seed") if key in cfg}  # fmt: skip
+    return {k: v for k, v in _flatten(plain).items() if k not in RESUMABLE_CHANGES}
+
+
+def check_resume(cfg: DictConfig, run_dir: Path, resuming: bool) -> None:
+    """Refuse to resume a run directory with another model/data config (one line naming the keys); store
+    the config at a run's first start. ``resume=force`` continues anyway and stores the new config."""
+    path = run_dir / STORED_CONFIG
+    current = _learning_config(cfg)
+    force = str(cfg.get("resume", "auto")) == "force"
+    if resuming and path.is_file() and not force:
+        stored = _flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+        stored = {k: v for k, v in stored.items() if k not in RESUMABLE_CHANGES}
+        changed = sorted(k for k in set(stored) | set(current) if stored.get(k, "<unset>") != current.get(k, "<unset>"))
+        if changed:
+            shown = ", ".join(
+                f"{k}: {stored.get(k, '<unset>')!r} -> {current.get(k, '<unset>')!r}" for k in changed[:4]
+            )
+            more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+            raise ValueError(
+                f"{run_dir} holds a run with another config ({shown}{more}): choose a new hydra.run.dir, "
+                "or resume=force to continue its checkpoint with the new config"
+            )
+    if not path.is_file() or force:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        nested: dict = {}
+        for key, value in current.items():
+            node = nested
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        OmegaConf.save(OmegaConf.create(nested), tmp)
+        os.replace(tmp, path)
+
+
+def check_checkpoint_task(cfg: DictConfig, ckpt: str) -> None:
+    """``ckpt_path`` must hold the task this config trains (one line otherwise)."""
+    from hydra.utils import get_class
+
+    from ..checkpoints import TASK_KEY
+
+    stored = read_checkpoint(ckpt).get(TASK_KEY)
+    try:
+        wanted = get_class(cfg.model._target_)
+    except Exception:  # an unknown target fails with its own one-line error when the task is built
+        return
+    name = f"{wanted.__module__}.{wanted.__qualname__}"
+    if stored is not None and stored != name:
+        raise ValueError(
+            f"checkpoint {ckpt} holds a {stored.rsplit('.', 1)[-1]}, but this run trains a {wanted.__name__}"
+        )
+
+
 def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
     """Data module, task and trainer from a composed config (used by ``run`` and the tests)."""
     datamodule = instantiate(cfg.data)
@@ -53,8 +130,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
     """Train (resuming if a checkpoint exists), then test; returns the test metrics."""
     pl.seed_everything(cfg.seed, workers=True)
     run_dir = _run_dir(cfg)
-    datamodule, task, trainer = build(cfg)
     ckpt = resume_checkpoint(cfg, run_dir)
+    if cfg.get("ckpt_path"):
+        check_checkpoint_task(cfg, ckpt)
+    else:
+        check_resume(cfg, run_dir, resuming=ckpt is not None)
+    datamodule, task, trainer = build(cfg)
     if ckpt:
         step = read_checkpoint(ckpt).get("global_step")  # refuse unsafe or damaged files with one line
         log.info("resuming from %s", ckpt)

@@ -95,3 +95,57 @@ def test_ddp_on_cpu_with_two_processes(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in result.stdout + result.stderr
+
+
+def test_changed_config_does_not_silently_resume(tmp_path):
+    args = [*QM9_FIXTURE, "experiment=demo", "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "test=false"]
+    first = train(tmp_path, *args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert (tmp_path / "run" / "geomol_config.yaml").is_file()
+    changed = train(tmp_path, *args, "model.net.hidden_channels=32", "data.target=gap")
+    assert changed.returncode == 2, changed.stderr[-3000:]
+    line = last_line(changed.stderr)
+    assert line.startswith(f"geomol: error: {tmp_path / 'run'} holds a run with another config (")
+    assert "data.target: 'homo' -> 'gap'" in line and "model.net.hidden_channels" in line and "resume=force" in line
+    assert "Traceback" not in changed.stderr
+    # Keys that do not change what is learned may differ; more epochs resume as before.
+    more = train(tmp_path, *args, "trainer.max_epochs=2", "data.num_workers=0", "data.eval_batch_size=64")
+    assert more.returncode == 0 and "resuming from" in more.stdout + more.stderr, more.stderr[-3000:]
+    # resume=force continues the checkpoint with the new config (here: another target, same network).
+    forced = train(tmp_path, *args, "trainer.max_epochs=3", "data.target=gap", "resume=force")
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert "target: gap" in (tmp_path / "run" / "geomol_config.yaml").read_text()
+
+
+def test_ckpt_path_of_another_task_is_one_line(tmp_path, capsys):
+    import torch
+
+    from geomol.cli.train import report_errors, run
+
+    ckpt = tmp_path / "generator.ckpt"
+    torch.save(
+        {"state_dict": {}, "hyper_parameters": {}, "geomol_task": "geomol.tasks.generation.GenerationTask"}, ckpt
+    )
+    cfg = compose_train(tmp_path, [*QM9_FIXTURE, "experiment=demo", f"ckpt_path={ckpt}"])
+    with pytest.raises(SystemExit) as exit_info:
+        report_errors(run)(cfg)
+    assert exit_info.value.code == 2
+    message = f"geomol: error: checkpoint {ckpt} holds a GenerationTask, but this run trains a PropertyTask"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == message
+
+
+def test_default_run_directories_are_unique(tmp_path):
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "GEOMOL_DATA": str(tmp_path / "data"),
+        "GEOMOL_OUTPUTS": str(tmp_path / "out"),
+    }
+    cmd = [sys.executable, "train.py", *QM9_FIXTURE, "experiment=demo", "trainer.fast_dev_run=true"]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]  # fmt: skip
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    runs = list((tmp_path / "out" / "schnet_qm9").iterdir())
+    assert len(runs) == 2, runs
