@@ -4,12 +4,39 @@ from __future__ import annotations
 
 import csv
 import os
+import time
 from collections import defaultdict
 from pathlib import Path
 
 import pytorch_lightning as pl
 
-__all__ = ["TrainingCurves"]
+__all__ = ["TrainingCurves", "TrainingClock"]
+
+
+class TrainingClock(pl.Callback):
+    """Logs ``time/train_minutes``, the wall time the run has trained so far (validation included), at
+    every validation; the total is kept in checkpoints, so it continues across resumes. With it,
+    ``metrics.csv`` gives learning curves against compute (time-to-quality), not only against steps."""
+
+    def __init__(self) -> None:
+        self.elapsed = 0.0
+        self._start: float | None = None
+
+    def _seconds(self) -> float:
+        return self.elapsed + (time.monotonic() - self._start if self._start is not None else 0.0)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.monotonic()
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking and self._start is not None:
+            pl_module.log("time/train_minutes", self._seconds() / 60.0, rank_zero_only=True)
+
+    def state_dict(self) -> dict:
+        return {"elapsed": self._seconds()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.elapsed = float(state_dict.get("elapsed", 0.0))
 
 
 class TrainingCurves(pl.Callback):

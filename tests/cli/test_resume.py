@@ -64,6 +64,10 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     assert val_rows(killed_dir).keys() == val_rows(tmp_path / "reference").keys() == {0, 1, 2}
     for epoch, loss in val_rows(tmp_path / "reference").items():
         assert val_rows(killed_dir)[epoch] == pytest.approx(loss, rel=1e-4), epoch
+    # The training clock continues across the resume instead of restarting at zero.
+    with open(killed_dir / "metrics.csv", newline="") as handle:
+        minutes = [float(row["time/train_minutes"]) for row in csv.DictReader(handle) if row.get("time/train_minutes")]
+    assert len(minutes) == 3 and minutes == sorted(minutes) and minutes[0] > 0
 
 
 def val_rows(run_dir: Path) -> dict[int, float]:
@@ -72,3 +76,12 @@ def val_rows(run_dir: Path) -> dict[int, float]:
     epochs = [int(row["epoch"]) for row in rows]
     assert len(epochs) == len(set(epochs)), f"duplicated validation rows: {epochs}"
     return {int(row["epoch"]): float(row["val/loss"]) for row in rows}
+
+
+def test_training_clock_restores_its_elapsed_time():
+    from geomol.tasks import TrainingClock
+
+    clock = TrainingClock()
+    clock.load_state_dict({"elapsed": 600.0})  # what a resumed run reads from last.ckpt
+    clock.on_train_start(None, None)
+    assert 600.0 <= clock.state_dict()["elapsed"] < 601.0
