@@ -16,10 +16,15 @@ __all__ = ["TrainingCurves", "TrainingClock"]
 class TrainingClock(pl.Callback):
     """Logs ``time/train_minutes``, the wall time the run has trained so far (validation included), at
     every validation; the total is kept in checkpoints, so it continues across resumes. With it,
-    ``metrics.csv`` gives learning curves against compute (time-to-quality), not only against steps."""
+    ``metrics.csv`` gives learning curves against compute (time-to-quality), not only against steps.
 
-    def __init__(self) -> None:
-        self.elapsed = 0.0
+    Args:
+        initial_minutes: training time spent before the clock existed, for a run resumed from a
+            checkpoint without clock state (ignored when the checkpoint has one).
+    """
+
+    def __init__(self, initial_minutes: float = 0.0) -> None:
+        self.elapsed = 60.0 * float(initial_minutes)
         self._start: float | None = None
 
     def _seconds(self) -> float:
