@@ -8,44 +8,23 @@ tags of the same name (written by ``geomol.generate``) or against ``target.<name
 from __future__ import annotations
 
 import math
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from rdkit import Chem
 
 from geomol.checkpoints import load_task, read_checkpoint
-from geomol.cli.train import CONFIG_DIR, report_errors
+from geomol.cli.common import bool_option, check_output, compose_config, int_option, print_metrics, resolve_device
+from geomol.cli.train import report_errors
 from geomol.data.chem import graph_from_mol, mol_from_graph, read_sdf, write_sdf
 from geomol.metrics.conditional import RECORD_KEY, conditional_report, format_report, plot_conditional
 from geomol.metrics.summary import molecule_metrics
 from geomol.metrics.validity import sanitized
 
 __all__ = ["main", "run", "compose_config", "read_molecules", "property_errors", "resolve_device", "print_metrics"]
-
-
-def compose_config(name: str, argv: Sequence[str], open_dicts: Sequence[str]) -> DictConfig:
-    """Compose ``conf/<name>.yaml`` with ``key=value`` overrides.
-
-    Keys under the mappings ``open_dicts`` (e.g. ``condition.gap=0.3``) may be new: they are added
-    as Hydra's ``+key=value`` would, so users need not type the ``+``.
-    """
-    overrides = []
-    for arg in argv:
-        if "=" not in arg:
-            raise ValueError(f"arguments are key=value pairs, got {arg!r}")
-        if any(arg.startswith(f"{group}.") for group in open_dicts):
-            arg = "+" + arg
-        overrides.append(arg)
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        try:
-            return compose(config_name=name, overrides=overrides)
-        except Exception as err:  # Hydra's override errors: one line for the user
-            raise ValueError(str(err).splitlines()[0]) from None
 
 
 def read_molecules(path: str | Path) -> list[Chem.Mol]:
@@ -68,14 +47,6 @@ def read_molecules(path: str | Path) -> list[Chem.Mol]:
             rebuilt.SetProp(key, mol.GetProp(key))
         mols.append(rebuilt)
     return mols
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device} was asked for but CUDA is not available")
-    return torch.device(device)
 
 
 def load_regressor(path: str | Path, device: torch.device, trust_checkpoint: bool = False):
@@ -176,31 +147,6 @@ def regressor_record(path: str | Path) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-def print_metrics(metrics: Mapping[str, float], title: str) -> None:
-    print(title)
-    for key, value in metrics.items():
-        print(f"  {key:<22s} {value:10.4f}")
-
-
-def check_output(path: str | Path | None, suffix: str, what: str, protect: Sequence[str | Path] = ()) -> Path | None:
-    """An output path that can be written: right suffix, existing folder, not a folder itself, not one of
-    ``protect`` (the inputs). Checked before any work, so nothing is half done."""
-    if path is None or path == "":
-        return None
-    path = Path(path)
-    if path.suffix.lower() != suffix:
-        raise ValueError(f"{what} must be an {suffix} file, got {path}")
-    if path.is_dir():
-        raise ValueError(f"{what} {path} is a folder, not a file")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"output folder does not exist: {path.parent}")
-    if any(path.resolve() == Path(p).resolve() for p in protect if p):
-        raise ValueError(f"{what} {path} would overwrite an input file")
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise ValueError(f"{what} {path} cannot be written (permission denied)")
-    return path
-
-
 def run(cfg: DictConfig) -> dict[str, float]:
     if not cfg.sdf:
         raise ValueError("give the molecules to score: sdf=PATH")
@@ -211,7 +157,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         default_png = sdf.with_name(sdf.stem + "_property.png")
         png = check_output(cfg.png or default_png, ".png", "png", protect=[sdf, cfg.regressor, output])
         device = resolve_device(cfg.device)
-        regressor = load_regressor(cfg.regressor, device, bool(cfg.trust_checkpoint))
+        regressor = load_regressor(cfg.regressor, device, bool_option(cfg, "trust_checkpoint"))
     elif output is not None:
         raise ValueError("output= writes the predicted properties into a copy of the SDF: give regressor=PATH too")
     mols = read_molecules(sdf)
@@ -220,7 +166,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.regressor:
         record = regressor_record(cfg.regressor)
         targets = OmegaConf.to_container(cfg.target)
-        metrics.update(property_errors(regressor, mols, targets, device, png, record, int(cfg.seed)))
+        metrics.update(property_errors(regressor, mols, targets, device, png, record, int_option(cfg, "seed")))
         if output is not None:
             write_sdf(mols, output)
         print(f"  histogram of requested vs predicted values: {png}" + (f"; annotated SDF: {output}" if output else ""))

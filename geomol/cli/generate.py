@@ -19,15 +19,16 @@ from rdkit import Chem
 from rdkit.Chem import Draw
 
 from geomol.checkpoints import load_task
-from geomol.cli.evaluate import (
+from geomol.cli.common import (
+    bool_option,
     check_output,
     compose_config,
-    load_regressor,
+    float_option,
+    int_option,
     print_metrics,
-    property_errors,
-    regressor_record,
     resolve_device,
 )
+from geomol.cli.evaluate import load_regressor, property_errors, regressor_record
 from geomol.cli.train import report_errors
 from geomol.data.chem import atomic_write, write_sdf
 from geomol.metrics.summary import molecule_metrics
@@ -92,6 +93,24 @@ def run(cfg: DictConfig) -> dict[str, float]:
         raise ValueError("give a checkpoint: ckpt=PATH (trained with train.py model=propmolflow)")
     if not cfg.output:
         raise ValueError("give the output file: output=mols.sdf")
+    num = int_option(cfg, "num_molecules", minimum=1)
+    opts = {
+        "steps": int_option(cfg, "steps", minimum=1, optional=True),
+        "batch_size": int_option(cfg, "batch_size", minimum=1, optional=True),
+        "eta": float_option(cfg, "eta", minimum=0.0, optional=True),
+        "temperature": float_option(cfg, "temperature", positive=True, optional=True),
+        "seed": int_option(cfg, "seed"),
+    }
+    grid = int_option(cfg, "grid", minimum=1)
+    progress, trust = bool_option(cfg, "progress"), bool_option(cfg, "trust_checkpoint")
+    n_atoms = OmegaConf.to_container(cfg.n_atoms) if OmegaConf.is_list(cfg.n_atoms) else cfg.n_atoms
+    items = n_atoms if isinstance(n_atoms, list) else [n_atoms]
+    if n_atoms is not None and (
+        not items or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in items)
+    ):
+        raise ValueError(f"n_atoms must be a whole number of atoms (at least 1) or one per molecule, got {n_atoms!r}")
+    if not OmegaConf.is_dict(cfg.condition):
+        raise ValueError(f"condition must be given per property, e.g. condition.gap=6.8, got {cfg.condition!r}")
     # Every output is checked before anything is sampled: nothing is half written.
     inputs = [cfg.ckpt, cfg.regressor]
     output = check_output(cfg.output, ".sdf", "output", protect=inputs)
@@ -100,22 +119,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.regressor:
         histogram = check_output(output.with_name(output.stem + "_property.png"), ".png", "histogram", inputs)
     device = resolve_device(cfg.device)
-    trust = bool(cfg.trust_checkpoint)
     task = load_generator(cfg.ckpt, device, trust)
     regressor = load_regressor(cfg.regressor, device, trust) if cfg.regressor else None
     condition = OmegaConf.to_container(cfg.condition)
     start = time.perf_counter()
-    mols = task.sample(
-        int(cfg.num_molecules),
-        condition=condition,
-        n_atoms=OmegaConf.to_container(cfg.n_atoms) if OmegaConf.is_list(cfg.n_atoms) else cfg.n_atoms,
-        steps=cfg.steps,
-        eta=cfg.eta,
-        temperature=cfg.temperature,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        progress=bool(cfg.progress),
-    )
+    mols = task.sample(num, condition=condition, n_atoms=n_atoms, progress=progress, **opts)
     seconds = time.perf_counter() - start
     metrics = molecule_metrics(mols)
     metrics["molecules_per_second"] = len(mols) / seconds
@@ -124,10 +132,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if regressor is not None:
         record = regressor_record(cfg.regressor)
         metrics.update(
-            property_errors(regressor, mols, device=device, plot=histogram, record=record, seed=int(cfg.seed))
+            property_errors(regressor, mols, device=device, plot=histogram, record=record, seed=opts["seed"])
         )
     write_sdf(mols, output)  # after the regressor: its predictions are SD tags (predicted_<name>)
-    shown = mols[: int(cfg.grid)]
+    shown = mols[:grid]
     draw_grid(shown, png, [_legend(k, m, task.hparams.condition) for k, m in enumerate(shown)])
     return metrics
 

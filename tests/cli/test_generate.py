@@ -265,7 +265,10 @@ def test_protocol_with_sampled_requests(checkpoint, recorded_regressor, tmp_path
     again = evaluate_main([f"sdf={out}", f"regressor={regressor}", f"output={tmp_path / 'annotated.sdf'}", "seed=3"])
     assert again["mae_gap"] == pytest.approx(metrics["mae_gap"], rel=1e-4)
     assert again["shuffled_gap"] == pytest.approx(metrics["shuffled_gap"], rel=1e-4)
-    assert "predicted_gap" in next(iter(Chem.SDMolSupplier(str(tmp_path / "annotated.sdf"), sanitize=False))).GetPropNames()
+    assert (
+        "predicted_gap"
+        in next(iter(Chem.SDMolSupplier(str(tmp_path / "annotated.sdf"), sanitize=False))).GetPropNames()
+    )
 
 
 def test_ood_request_reports_fractions(checkpoint, recorded_regressor, tmp_path, capsys):
@@ -290,7 +293,10 @@ def read_record(path):
         (["condition.gap=abc"], "condition.gap must be a number, a list of numbers, 'sample' or 'ood', got 'abc'"),
         (["condition.gap=null"], "condition.gap must be a number, a list of numbers, 'sample' or 'ood', got None"),
         (["condition.gap=true"], "condition.gap must be a number, a list of numbers, 'sample' or 'ood', got True"),
-        (["condition.gap={{a:1}}"], "condition.gap must be a number, a list of numbers, 'sample' or 'ood', got {{'a': 1}}"),
+        (
+            ["condition.gap={{a:1}}"],
+            "condition.gap must be a number, a list of numbers, 'sample' or 'ood', got {{'a': 1}}",
+        ),
         (["condition.gap=[1,abc]"], "condition.gap must be a number, a list of numbers, 'sample' or 'ood', got 'abc'"),
         (["condition.gap=nan"], "condition.gap must be finite numbers, got nan"),
         (["condition.gap=inf"], "condition.gap must be finite numbers, got inf"),
@@ -300,6 +306,21 @@ def read_record(path):
         (["output={tmp}"], "output must be an .sdf file, got {tmp}"),
         (["regressor={tmp}/none.ckpt"], "checkpoint not found: {tmp}/none.ckpt"),
         (["regressor={ckpt}"], "holds a GenerationTask, but a PropertyTask is needed here"),
+        (["seed=abc"], "seed must be a whole number, got 'abc'"),
+        (["batch_size=abc"], "batch_size must be a whole number, got 'abc'"),
+        (["batch_size=1.5"], "batch_size must be a whole number, got 1.5"),
+        (["n_atoms=abc"], "n_atoms must be a whole number of atoms (at least 1) or one per molecule, got 'abc'"),
+        (["n_atoms=5.5"], "n_atoms must be a whole number of atoms (at least 1) or one per molecule, got 5.5"),
+        (["num_molecules=2.7"], "num_molecules must be a whole number, got 2.7"),
+        (["num_molecules=true"], "num_molecules must be a whole number, got True"),
+        (["grid=0"], "grid must be at least 1, got 0"),
+        (["steps=0"], "steps must be at least 1, got 0"),
+        (["eta=-5"], "eta must be at least 0.0, got -5"),
+        (["temperature=0"], "temperature must be positive, got 0"),
+        (["device=tpu"], "device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+        (["device=meta"], "device must be auto, cpu, cuda or cuda:N, got 'meta'"),
+        (["progress=maybe"], "progress must be true or false, got 'maybe'"),
+        (["trust_checkpoint=1"], "trust_checkpoint must be true or false, got 1"),
     ],
 )
 def test_protocol_bad_input(checkpoint, tmp_path, capsys, args, message):
