@@ -1,9 +1,9 @@
 """LightningModules: property regression, generation, N-body dynamics (and images)."""
 
-from .callbacks import TrainingClock, TrainingCurves
+from .callbacks import ModelCheckpoint, TrainingClock, TrainingCurves
 from .generation import GenerationTask
 from .image import ImageTask
 from .nbody import NBodyTask
 from .property import PropertyTask
 
-__all__ = ["PropertyTask", "GenerationTask", "NBodyTask", "ImageTask", "TrainingCurves", "TrainingClock"]
+__all__ = ["PropertyTask", "GenerationTask", "NBodyTask", "ImageTask", "TrainingCurves", "TrainingClock", "ModelCheckpoint"]

@@ -10,7 +10,31 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
-__all__ = ["TrainingCurves", "TrainingClock"]
+__all__ = ["TrainingCurves", "TrainingClock", "ModelCheckpoint"]
+
+
+class ModelCheckpoint(pl.callbacks.ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` whose ``last.ckpt`` follows every validation.
+
+    Since Lightning 2.6 ``save_last`` writes ``last.ckpt`` only when a top-k checkpoint was saved at
+    the same step, so once the monitored metric stops improving a run's ``last.ckpt`` stops moving
+    and a resumed run loses everything trained since. Here ``last.ckpt`` is written at every
+    checkpoint opportunity (``best.ckpt`` still only when the metric improves).
+    """
+
+    def _save_last_if_missed(self, trainer: pl.Trainer) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
 
 
 class TrainingClock(pl.Callback):

@@ -149,3 +149,15 @@ def test_default_run_directories_are_unique(tmp_path):
         assert proc.returncode == 0, err[-3000:]
     runs = list((tmp_path / "out" / "schnet_qm9").iterdir())
     assert len(runs) == 2, runs
+
+
+def test_last_checkpoint_follows_every_epoch_when_the_metric_stalls(tmp_path):
+    """With lr=0 the validation loss never improves: last.ckpt must still move to the last epoch."""
+    import torch
+
+    args = [*QM9_FIXTURE, "experiment=demo", "trainer.max_epochs=3", "model.optimizer.lr=0.0", "test=false",
+            "trainer.enable_progress_bar=false", "~model.scheduler"]  # fmt: skip
+    result = train(tmp_path, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
+    assert torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=True)["epoch"] == 0
