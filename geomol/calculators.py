@@ -11,7 +11,10 @@ from ase.calculators.calculator import Calculator, all_changes
 from .checkpoints import load_task
 from .tasks.property import PropertyTask
 
-__all__ = ["GeomolCalculator"]
+__all__ = ["GeomolCalculator", "ENERGY_TARGETS"]
+
+# Targets whose negative gradient is a force: total energies (rMD17's, QM9's U0/U/H/G and atomization forms).
+ENERGY_TARGETS = frozenset({"energy", "U0", "U", "H", "G", "U0_atom", "U_atom", "H_atom", "G_atom"})
 
 
 class GeomolCalculator(Calculator):
@@ -46,15 +49,22 @@ class GeomolCalculator(Calculator):
     ) -> None:
         super().__init__(**kwargs)
         task = load_task(checkpoint, expected=PropertyTask, map_location=device, trust_checkpoint=trust_checkpoint)
-        if task.hparams.units[0] != "eV":
+        target, unit = task.hparams.targets[0], task.hparams.units[0]
+        if unit != "eV" or not (task.hparams.get("forces") or target in ENERGY_TARGETS):
             raise ValueError(
-                f"checkpoint {checkpoint} predicts {task.hparams.targets[0]} in {task.hparams.units[0]}, not an energy in eV"
+                f"checkpoint {checkpoint} predicts {target} ({unit}), not a potential energy: GeomolCalculator needs "
+                "a model of the energy (trained with forces, or on one of " + ", ".join(sorted(ENERGY_TARGETS)) + ")"
             )
         self.task = task.to(dtype)
         self.device, self.dtype = torch.device(device), dtype
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
+        if self.atoms.pbc.any():
+            raise ValueError(
+                "GeomolCalculator computes isolated molecules only: this Atoms object is periodic "
+                f"(pbc={self.atoms.pbc.tolist()}); set atoms.pbc = False for a molecule in vacuum"
+            )
         z = torch.as_tensor(self.atoms.get_atomic_numbers(), dtype=torch.long, device=self.device)
         pos = torch.as_tensor(self.atoms.get_positions(), dtype=self.dtype, device=self.device)
         energy, forces = self.task.predict_energy_forces(z, pos)

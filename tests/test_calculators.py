@@ -72,5 +72,23 @@ def test_rejects_non_energy_models(tmp_path, fixtures_dir):
                          enable_model_summary=False, limit_val_batches=1)  # fmt: skip
     trainer.fit(task, datamodule=dm)
     trainer.save_checkpoint(tmp_path / "alpha.ckpt")
-    with pytest.raises(ValueError, match="predicts alpha in a0\\^3, not an energy in eV"):
+    with pytest.raises(ValueError, match="predicts alpha \\(a0\\^3\\), not a potential energy"):
         GeomolCalculator(tmp_path / "alpha.ckpt")
+
+
+def test_periodic_cells_and_non_energy_models_are_refused(energy_model, tmp_path):
+    import torch
+
+    path, dm = energy_model
+    frame = dm.subset("test")[0]
+    atoms = Atoms(numbers=frame.z.numpy(), positions=frame.pos.double().numpy(), cell=[20, 20, 20], pbc=True)
+    atoms.calc = GeomolCalculator(path)
+    with pytest.raises(ValueError, match=r"isolated molecules only: this Atoms object is periodic \(pbc=\[True, True, True\]\)"):
+        atoms.get_potential_energy()
+    # The same network relabelled as a HOMO model (eV, no forces): its gradient is not a force.
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["hyper_parameters"].update(targets=["homo"], forces=False)
+    homo = tmp_path / "homo.ckpt"
+    torch.save(ckpt, homo)
+    with pytest.raises(ValueError, match="predicts homo \\(eV\\), not a potential energy"):
+        GeomolCalculator(homo)
