@@ -58,7 +58,9 @@ def cpu_description() -> str:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=["shipped", "mid", "paper"], choices=list(SIZES))
-    parser.add_argument("--modes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "compile", "compile-bf16"])
+    parser.add_argument(
+        "--modes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "compile", "compile-bf16"]
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=8, help="timed steps per row (median reported)")
@@ -94,7 +96,7 @@ def main() -> None:
             bf16 = mode.endswith("bf16")
             context = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
 
-            def step(batch):
+            def step(batch, task=task, opt=opt, context=context):
                 with context:
                     loss = task._losses(batch)["loss"]
                 opt.zero_grad()

@@ -78,7 +78,10 @@ def main() -> None:
             if row.get("val/loss"):
                 by_step[int(float(row["step"]))] = row
         loss = [float(by_step[s]["val/loss"]) for s in steps]
-        stab = [float(by_step[s]["val/molecule_stability"]) if by_step[s].get("val/molecule_stability") else np.nan for s in steps]
+        stab = [
+            float(by_step[s]["val/molecule_stability"]) if by_step[s].get("val/molecule_stability") else np.nan
+            for s in steps
+        ]
         name = label + (" (minutes partly interpolated)" if interpolated else "")
         ax_loss.plot(minutes, loss, marker="o", ms=3, label=name)
         ax_stab.plot(minutes, 100 * np.array(stab), marker="o", ms=3, label=name)

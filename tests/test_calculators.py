@@ -83,7 +83,9 @@ def test_periodic_cells_and_non_energy_models_are_refused(energy_model, tmp_path
     frame = dm.subset("test")[0]
     atoms = Atoms(numbers=frame.z.numpy(), positions=frame.pos.double().numpy(), cell=[20, 20, 20], pbc=True)
     atoms.calc = GeomolCalculator(path)
-    with pytest.raises(ValueError, match=r"isolated molecules only: this Atoms object is periodic \(pbc=\[True, True, True\]\)"):
+    with pytest.raises(
+        ValueError, match=r"isolated molecules only: this Atoms object is periodic \(pbc=\[True, True, True\]\)"
+    ):
         atoms.get_potential_energy()
     # The same network relabelled as a HOMO model (eV, no forces): its gradient is not a force.
     ckpt = torch.load(path, weights_only=True)

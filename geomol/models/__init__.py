@@ -8,4 +8,16 @@ from .propmolflow import PropMolFlow
 from .regressor import GVPRegressor
 from .schnet import SchNet
 
-__all__ = ["SchNet", "DimeNet", "DimeNetPlusPlus", "GauntNet", "Ponita", "PonitaNet", "PonitaDynamics", "PropMolFlow", "GVPRegressor", "AffineCNN", "PlainCNN"]
+__all__ = [
+    "SchNet",
+    "DimeNet",
+    "DimeNetPlusPlus",
+    "GauntNet",
+    "Ponita",
+    "PonitaNet",
+    "PonitaDynamics",
+    "PropMolFlow",
+    "GVPRegressor",
+    "AffineCNN",
+    "PlainCNN",
+]

@@ -6,4 +6,12 @@ from .image import ImageTask
 from .nbody import NBodyTask
 from .property import PropertyTask
 
-__all__ = ["PropertyTask", "GenerationTask", "NBodyTask", "ImageTask", "TrainingCurves", "TrainingClock", "ModelCheckpoint"]
+__all__ = [
+    "PropertyTask",
+    "GenerationTask",
+    "NBodyTask",
+    "ImageTask",
+    "TrainingCurves",
+    "TrainingClock",
+    "ModelCheckpoint",
+]
