@@ -81,7 +81,7 @@ def _draw_options():
 def _legend(k: int, mol: Chem.Mol, names: Sequence[str]) -> str:
     tags = ", ".join(
         f"{name}={mol.GetDoubleProp(name):.3g}"
-        + (f"→{mol.GetDoubleProp('predicted_' + name):.3g}" if mol.HasProp(f"predicted_{name}") else "")
+        + (f" pred {mol.GetDoubleProp('predicted_' + name):.3g}" if mol.HasProp(f"predicted_{name}") else "")
         for name in names
         if mol.HasProp(name)
     )
