@@ -45,23 +45,8 @@ class UnsafeCheckpointError(ValueError):
 # Dotted names of what geomol builds from a checkpoint's configs. Each entry is imported from
 # geomol or torch itself (never from the checkpoint), and both the public path and the defining
 # module's path of a class are accepted, since Hydra configs use either.
-_BUILDABLE_SOURCES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    (
-        "geomol.models",
-        (
-            "SchNet",
-            "DimeNet",
-            "DimeNetPlusPlus",
-            "GauntNet",
-            "Ponita",
-            "PonitaNet",
-            "PonitaDynamics",
-            "PropMolFlow",
-            "GVPRegressor",
-            "AffineCNN",
-            "PlainCNN",
-        ),
-    ),  # fmt: skip
+_BUILDABLE_SOURCES: tuple[tuple[str, tuple[str, ...] | None], ...] = (
+    ("geomol.models", None),  # every network geomol.models exports (its __all__)
     ("geomol.tasks.schedules", ("warmup_exponential_decay", "cosine_with_warmup")),
     ("torch.optim", ("Adam", "AdamW", "SGD", "RAdam", "NAdam", "Adamax", "Adagrad", "Adadelta", "RMSprop")),
     (
@@ -120,7 +105,7 @@ def buildable_names() -> frozenset[str]:
         names = set(_EXTRA)
         for module_name, attrs in _BUILDABLE_SOURCES:
             module = importlib.import_module(module_name)
-            for attr in attrs:
+            for attr in module.__all__ if attrs is None else attrs:
                 obj = getattr(module, attr)
                 names.add(f"{module_name}.{attr}")
                 names.update(_names_of(obj))
