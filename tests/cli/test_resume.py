@@ -2,6 +2,7 @@
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,16 +39,22 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     assert reference.wait(timeout=600) == 0, reference.stdout.read()[-3000:]
 
     killed_dir = tmp_path / "killed"
-    victim = start(killed_dir, data)
     last = killed_dir / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 600
-    while not last.exists() and victim.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert victim.poll() is None, "the run ended before it could be killed"
-    time.sleep(1.0)  # into the next epoch
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    first_epoch = torch.load(last, weights_only=True, map_location="cpu")["epoch"]
+    # Kill after the first checkpoint, inside a later epoch; on a fast machine a fixed delay can overshoot
+    # the whole run, so shorter delays are tried until the kill lands before the last epoch's checkpoint.
+    for delay in (1.0, 0.3, 0.1, 0.02):
+        shutil.rmtree(killed_dir, ignore_errors=True)
+        victim = start(killed_dir, data)
+        deadline = time.time() + 600
+        while not last.exists() and victim.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        assert victim.poll() is None, "the run ended before it could be killed"
+        time.sleep(delay)  # into the next epoch
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        first_epoch = torch.load(last, weights_only=True, map_location="cpu")["epoch"]
+        if first_epoch < 2:
+            break
     assert first_epoch < 2, "killed too late to test a resume"
 
     resumed = start(killed_dir, data)
