@@ -58,21 +58,25 @@ def _flatten(node, prefix: str = "") -> dict:
 
 
 def _learning_config(cfg: DictConfig) -> dict:
-    """The part of the config that decides what a run learns (model, data, seed), as plain data."""
-    plain = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
-             for key in ("model", "data", "seed") if key in cfg}  # fmt: skip
-    return {k: v for k, v in _flatten(plain).items() if k not in RESUMABLE_CHANGES}
+    """The part of the config that decides what a run learns (model, data, seed), as plain nested data."""
+    return {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+            for key in ("model", "data", "seed") if key in cfg}  # fmt: skip
+
+
+def _compared(config: dict) -> dict:
+    """Dotted key -> value, without the keys that may change on resume."""
+    return {k: v for k, v in _flatten(config).items() if k not in RESUMABLE_CHANGES}
 
 
 def check_resume(cfg: DictConfig, run_dir: Path, resuming: bool) -> None:
     """Refuse to resume a run directory with another model/data config (one line naming the keys); store
     the config at a run's first start. ``resume=force`` continues anyway and stores the new config."""
     path = run_dir / STORED_CONFIG
-    current = _learning_config(cfg)
+    config = _learning_config(cfg)
     force = str(cfg.get("resume", "auto")) == "force"
     if resuming and path.is_file() and not force:
-        stored = _flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
-        stored = {k: v for k, v in stored.items() if k not in RESUMABLE_CHANGES}
+        stored = _compared(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+        current = _compared(config)
         changed = sorted(k for k in set(stored) | set(current) if stored.get(k, "<unset>") != current.get(k, "<unset>"))
         if changed:
             shown = ", ".join(
@@ -85,25 +89,18 @@ def check_resume(cfg: DictConfig, run_dir: Path, resuming: bool) -> None:
             )
     if not path.is_file() or force:
         run_dir.mkdir(parents=True, exist_ok=True)
-        nested: dict = {}
-        for key, value in current.items():
-            node = nested
-            *parents, leaf = key.split(".")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = value
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        OmegaConf.save(OmegaConf.create(nested), tmp)
+        OmegaConf.save(OmegaConf.create(config), tmp)
         os.replace(tmp, path)
 
 
-def check_checkpoint_task(cfg: DictConfig, ckpt: str) -> None:
-    """``ckpt_path`` must hold the task this config trains (one line otherwise)."""
+def check_checkpoint_task(cfg: DictConfig, ckpt: str, checkpoint: dict) -> None:
+    """``ckpt_path`` (loaded as ``checkpoint``) must hold the task this config trains (one line otherwise)."""
     from hydra.utils import get_class
 
     from ..checkpoints import TASK_KEY
 
-    stored = read_checkpoint(ckpt).get(TASK_KEY)
+    stored = checkpoint.get(TASK_KEY)
     try:
         wanted = get_class(cfg.model._target_)
     except Exception:  # an unknown target fails with its own one-line error when the task is built
@@ -131,13 +128,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
     run_dir = _run_dir(cfg)
     ckpt = resume_checkpoint(cfg, run_dir)
+    checkpoint = read_checkpoint(ckpt) if ckpt else None  # refuse unsafe or damaged files with one line
     if cfg.get("ckpt_path"):
-        check_checkpoint_task(cfg, ckpt)
+        check_checkpoint_task(cfg, ckpt, checkpoint)
     else:
         check_resume(cfg, run_dir, resuming=ckpt is not None)
     datamodule, task, trainer = build(cfg)
     if ckpt:
-        step = read_checkpoint(ckpt).get("global_step")  # refuse unsafe or damaged files with one line
+        step = checkpoint.get("global_step")
         log.info("resuming from %s", ckpt)
         if isinstance(step, int):
             # Rows logged after that checkpoint are trained again: drop them so the log reads as one run.
