@@ -1,4 +1,4 @@
-"""Every config in conf/ composes and runs one fast_dev_run step on committed fixtures."""
+"""Every config in geomol/conf/ composes and runs one fast_dev_run step on committed fixtures."""
 
 from pathlib import Path
 
@@ -10,7 +10,7 @@ from hydra.core.global_hydra import GlobalHydra
 from geomol.cli.train import CONFIG_DIR, build
 
 CONF = Path(CONFIG_DIR)
-ROOT = CONF.parent
+ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
 
 # Overrides that point each data config at its committed fixture and keep it tiny.
@@ -23,7 +23,7 @@ DATA_FIXTURES = {
     "mnist_affine": [f"data.root={FIXTURES / 'mnist'}", "data.batch_size=2"],
     "nbody": ["data.num_train=16", "data.num_val=8", "data.num_test=8", "data.batch_size=2", "data.eval_batch_size=2"],
 }  # fmt: skip
-# Which data sets each kind of task trains on (pairs needing a specialization are in conf/model_data).
+# Which data sets each kind of task trains on (pairs needing a specialization are in geomol/conf/model_data).
 TASK_DATA = {
     "geomol.tasks.PropertyTask": ["qm9", "rmd17"],
     "geomol.tasks.property.PropertyTask": ["qm9", "rmd17"],

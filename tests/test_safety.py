@@ -193,7 +193,7 @@ def test_every_shipped_config_target_is_buildable_or_built_by_the_user():
     import yaml
 
     allowed = buildable_names()
-    for path in (REPO / "conf").rglob("*.yaml"):
+    for path in (REPO / "geomol" / "conf").rglob("*.yaml"):
         text = yaml.safe_load(path.read_text()) or {}
         for target in _targets(text):
             if target.startswith(("geomol.models", "torch.optim", "geomol.tasks.schedules")):

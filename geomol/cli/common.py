@@ -30,7 +30,7 @@ __all__ = [
 
 
 def compose_config(name: str, argv: Sequence[str], open_dicts: Sequence[str]) -> DictConfig:
-    """Compose ``conf/<name>.yaml`` with ``key=value`` overrides.
+    """Compose ``geomol/conf/<name>.yaml`` with ``key=value`` overrides.
 
     Keys under the mappings ``open_dicts`` (e.g. ``condition.gap=0.3``) may be new: they are added
     as Hydra's ``+key=value`` would, so users need not type the ``+``.

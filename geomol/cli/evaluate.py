@@ -179,5 +179,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     return run(compose_config("evaluate", sys.argv[1:] if argv is None else argv, open_dicts=("target",)))
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``geomol-evaluate`` console script: like ``main`` but returns nothing (a returned dict would be
+    printed and turned into exit code 1 by the script wrapper)."""
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -3,7 +3,7 @@
 Samples molecules from a :class:`~geomol.tasks.generation.GenerationTask` checkpoint (which holds the
 conditioning properties, their statistics and the sampler settings), writes them to an SDF file
 (atomically; SD tags hold the conditioning values) and a PNG grid of 2D depictions, and prints their
-metrics. Other keys of ``conf/generate.yaml`` (``steps``, ``batch_size``, ``seed``, ``n_atoms``,
+metrics. Other keys of ``geomol/conf/generate.yaml`` (``steps``, ``batch_size``, ``seed``, ``n_atoms``,
 ``eta``, ``temperature``, ``device``, ``regressor``) override as ``key=value``.
 """
 
@@ -150,5 +150,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     return run(compose_config("generate", sys.argv[1:] if argv is None else argv, open_dicts=("condition",)))
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``geomol-generate`` console script: like ``main`` but returns nothing (a returned dict would be
+    printed and turned into exit code 1 by the script wrapper)."""
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -21,7 +21,8 @@ log = logging.getLogger("geomol")
 if not OmegaConf.has_resolver("geomol_pid"):
     OmegaConf.register_new_resolver("geomol_pid", lambda: str(os.getpid()))
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+# The configs ship inside the package (geomol/conf), so installed and editable copies read the same files.
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 # Errors a user can cause with their input or setup: printed as one line, exit code 2.
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError)

@@ -12,7 +12,7 @@ from geomol.models.affine_cnn import AffineCNN, PlainCNN
 from geomol.nn.liegroup import GL2, SL2
 from geomol.tasks.image import ImageTask
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "geomol" / "conf"
 SMALL = dict(channels=6, num_blocks=1, hidden_features=16, head_hidden=16)
 
 
