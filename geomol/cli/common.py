@@ -9,16 +9,19 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
-
-from geomol.cli.train import CONFIG_DIR
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf
 
 __all__ = [
+    "CONFIG_DIR",
+    "report_errors",
+    "check_overrides",
     "compose_config",
     "resolve_device",
     "check_output",
@@ -27,6 +30,115 @@ __all__ = [
     "bool_option",
     "print_metrics",
 ]
+
+
+# The configs ship inside the package (geomol/conf), so installed and editable copies read the same files.
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+# Errors a user can cause with their input or setup: printed as one line, exit code 2.
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
+
+
+def user_error(err: BaseException) -> BaseException | None:
+    """The user-caused error behind ``err`` (Hydra wraps errors raised while instantiating)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, USER_ERRORS):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def report_errors(func):
+    """Turn user errors into one line on stderr and exit code 2 (tracebacks with GEOMOL_DEBUG=1)."""
+
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except Exception as err:
+            cause = user_error(err)
+            if cause is None or os.environ.get("GEOMOL_DEBUG"):
+                raise
+            message = cause.args[0] if isinstance(cause, KeyError) and cause.args else str(cause)
+            print(f"geomol: error: {message}", file=sys.stderr)
+            sys.exit(2)
+
+    wrapper.__name__, wrapper.__doc__ = func.__name__, func.__doc__
+    return wrapper
+
+
+def _compose(name: str, overrides: Sequence[str]) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name=name, overrides=list(overrides))
+
+
+def _keys_at(name: str, overrides: Sequence[str], dotted: str) -> list[str] | None:
+    """The keys of node ``dotted`` in the config composed without the failing override, or None."""
+    try:
+        cfg = _compose(name, overrides)
+        node = OmegaConf.select(cfg, dotted) if dotted else cfg
+    except Exception:
+        return None
+    return sorted(str(k) for k in node.keys()) if OmegaConf.is_dict(node) else None
+
+
+def config_error(err: Exception, name: str, overrides: Sequence[str], new_keys: bool = True) -> str:
+    """Hydra's composition error as one line: the unknown option or key and what exists instead
+    (``new_keys``: say how to add a key, for configs that take new ones)."""
+    text = str(err)
+    missing = re.search(r"Could not find '([^']+)/([^'/]+)'", text)
+    if missing:
+        group, option = missing.groups()
+        listed = re.search(r"Available options in '[^']+':\n((?:\t.*\n?)*)", text)
+        options = [o.strip() for o in listed.group(1).splitlines() if o.strip()] if listed else []
+        choices = f"; choose from {', '.join(options)}" if options else ""
+        return f"unknown {group} config {option!r}{choices}"
+    unknown = re.search(r"Could not override '([^']+)'", text)
+    if unknown:
+        key = unknown.group(1)
+        parent = key.rpartition(".")[0]
+        rest = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] != key]
+        keys = _keys_at(name, rest, parent)
+        where = parent or "the top level"
+        listed = f"; {where} has {', '.join(keys)}" if keys else ""
+        hint = f" (add a new key with +{key}=...)" if new_keys else ""
+        return f"unknown config key {key}{listed}{hint}"
+    return text.strip().splitlines()[0] if text.strip() else type(err).__name__
+
+
+def _search_path_overrides(argv: Sequence[str]) -> tuple[list[str], bool]:
+    """``argv`` with ``--config-dir D``/``-cd D`` turned into a search-path override (as Hydra adds it);
+    False as second value when other Hydra flags (--multirun, --cfg, --help …) make a check pointless."""
+    out, dirs, args = [], [], list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg in ("--config-dir", "-cd") and args:
+            dirs.append(args.pop(0))
+        elif arg.startswith("--config-dir="):
+            dirs.append(arg.split("=", 1)[1])
+        elif arg.startswith("-"):
+            return [], False
+        else:
+            out.append(arg)
+    if dirs:
+        out.append("hydra.searchpath=[" + ",".join(f"file://{Path(d).resolve()}" for d in dirs) + "]")
+    return out, True
+
+
+def check_overrides(name: str, argv: Sequence[str]) -> None:
+    """Compose ``geomol/conf/<name>.yaml`` with the command line once, before Hydra runs: an unknown config
+    name or key is one ``ValueError`` line naming it and the valid ones (Hydra prints several lines)."""
+    overrides, check = _search_path_overrides(argv)
+    if not check or any("," in o.split("=", 1)[-1] and "[" not in o for o in overrides):
+        return  # sweeps and Hydra's own flags: Hydra reports those itself
+    try:
+        _compose(name, overrides)
+    except Exception as err:
+        raise ValueError(config_error(err, name, overrides)) from None
+    finally:
+        GlobalHydra.instance().clear()
 
 
 def compose_config(name: str, argv: Sequence[str], open_dicts: Sequence[str]) -> DictConfig:
@@ -42,11 +154,12 @@ def compose_config(name: str, argv: Sequence[str], open_dicts: Sequence[str]) ->
         if any(arg.startswith(f"{group}.") for group in open_dicts):
             arg = "+" + arg
         overrides.append(arg)
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        try:
-            return compose(config_name=name, overrides=overrides)
-        except Exception as err:  # Hydra's override errors: one line for the user
-            raise ValueError(str(err).splitlines()[0]) from None
+    try:
+        return _compose(name, overrides)
+    except Exception as err:  # Hydra's override errors: one line for the user
+        raise ValueError(config_error(err, name, overrides, new_keys=False)) from None
+    finally:
+        GlobalHydra.instance().clear()
 
 
 def int_option(cfg: DictConfig, key: str, minimum: int | None = None, optional: bool = False) -> int | None:

@@ -17,8 +17,15 @@ from omegaconf import DictConfig, OmegaConf
 from rdkit import Chem
 
 from geomol.checkpoints import load_task, read_checkpoint
-from geomol.cli.common import bool_option, check_output, compose_config, int_option, print_metrics, resolve_device
-from geomol.cli.train import report_errors
+from geomol.cli.common import (
+    bool_option,
+    check_output,
+    compose_config,
+    int_option,
+    print_metrics,
+    report_errors,
+    resolve_device,
+)
 from geomol.data.chem import graph_from_mol, mol_from_graph, read_sdf, write_sdf
 from geomol.metrics.conditional import RECORD_KEY, conditional_report, format_report, plot_conditional
 from geomol.metrics.summary import molecule_metrics

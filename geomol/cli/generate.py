@@ -26,10 +26,10 @@ from geomol.cli.common import (
     float_option,
     int_option,
     print_metrics,
+    report_errors,
     resolve_device,
 )
 from geomol.cli.evaluate import load_regressor, property_errors, regressor_record
-from geomol.cli.train import report_errors
 from geomol.data.chem import atomic_write, write_sdf
 from geomol.metrics.summary import molecule_metrics
 

@@ -14,18 +14,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..checkpoints import add_record, read_checkpoint
 from ..tasks.loggers import trim_metrics
+from .common import CONFIG_DIR, check_overrides, report_errors, user_error  # noqa: F401 (re-exported)
 
 log = logging.getLogger("geomol")
 
 # Default run directories end in the process id, so two runs started in the same second never share one.
 if not OmegaConf.has_resolver("geomol_pid"):
     OmegaConf.register_new_resolver("geomol_pid", lambda: str(os.getpid()))
-
-# The configs ship inside the package (geomol/conf), so installed and editable copies read the same files.
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
-
-# Errors a user can cause with their input or setup: printed as one line, exit code 2.
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
 
 
 def _run_dir(cfg: DictConfig) -> Path:
@@ -88,7 +83,7 @@ def check_resume(cfg: DictConfig, run_dir: Path, resuming: bool) -> None:
                 f"{run_dir} holds a run with another config ({shown}{more}): choose a new hydra.run.dir, "
                 "or resume=force to continue its checkpoint with the new config"
             )
-    if not path.is_file() or force:
+    if not resuming or not path.is_file() or force:  # a fresh start records its own config
         run_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         OmegaConf.save(OmegaConf.create(config), tmp)
@@ -175,40 +170,18 @@ def print_metrics(task: pl.LightningModule, metrics: dict[str, float], run_dir: 
         print(f"  {name:<20s} {value:12.4f} {units.get(name, '')}")
 
 
-def user_error(err: BaseException) -> BaseException | None:
-    """The user-caused error behind ``err`` (Hydra wraps errors raised while instantiating)."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, USER_ERRORS):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
-
-
-def report_errors(func):
-    """Turn user errors into one line on stderr and exit code 2 (tracebacks with GEOMOL_DEBUG=1)."""
-
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except Exception as err:
-            cause = user_error(err)
-            if cause is None or os.environ.get("GEOMOL_DEBUG"):
-                raise
-            message = cause.args[0] if isinstance(cause, KeyError) and cause.args else str(cause)
-            print(f"geomol: error: {message}", file=sys.stderr)
-            sys.exit(2)
-
-    wrapper.__name__, wrapper.__doc__ = func.__name__, func.__doc__
-    return wrapper
-
-
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
-@report_errors
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
+    # Not decorated with report_errors: Hydra names the job (train.log) after this function's file.
     log.debug(OmegaConf.to_yaml(cfg))
-    run(cfg)
+    report_errors(run)(cfg)
+
+
+def main() -> None:
+    """``train.py`` / ``geomol-train``: unknown config names or keys stop with one line (exit 2) before
+    Hydra starts; then Hydra composes, makes the run directory and calls ``run``."""
+    report_errors(check_overrides)("train", sys.argv[1:])
+    _hydra_main()
 
 
 if __name__ == "__main__":

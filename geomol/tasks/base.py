@@ -2,22 +2,46 @@
 
 from __future__ import annotations
 
+import inspect
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 import pytorch_lightning as pl
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor
 
 from ..checkpoints import GeomolTaskMixin
 
-__all__ = ["plain_config", "build_optimizers", "GeomolTask"]
+__all__ = ["plain_config", "build_network", "build_optimizers", "GeomolTask"]
+
+log = logging.getLogger("geomol")
 
 
 def plain_config(cfg: Any) -> Any:
     """Plain dicts/lists from OmegaConf nodes, so hyper-parameters pickle-free into checkpoints."""
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
+
+
+def build_network(config: Mapping, **task_args: Any):
+    """The task's network: ``instantiate(config, **task_args)`` (``task_args`` such as ``out_channels``).
+
+    A network that is not geomol's own (``model.net._target_=mypkg.MyNet`` on the command line) gets only
+    the arguments its signature takes: the others were left by the model config's default network when
+    its ``_target_`` was swapped, and one warning line names them. geomol's networks get every key, so a
+    misspelt key stays an error. (Checkpoints reach this only after ``geomol.safety`` allowed their targets.)
+    """
+    target = config.get("_target_")
+    if isinstance(target, str) and not target.startswith("geomol."):
+        params = inspect.signature(get_object(target)).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            left = [k for k in [*config, *task_args] if not k.startswith("_") and k not in params]
+            if left:
+                log.warning("model.net: %s takes no %s; not passed", target, ", ".join(left))
+            config = {k: v for k, v in config.items() if k.startswith("_") or k in params}
+            task_args = {k: v for k, v in task_args.items() if k in params}
+    return instantiate(config, **task_args)
 
 
 def build_optimizers(

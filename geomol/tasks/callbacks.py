@@ -14,7 +14,8 @@ __all__ = ["TrainingCurves", "TrainingClock", "ModelCheckpoint"]
 
 
 class ModelCheckpoint(pl.callbacks.ModelCheckpoint):
-    """Lightning's ``ModelCheckpoint`` whose ``last.ckpt`` follows every validation.
+    """Lightning's ``ModelCheckpoint`` whose ``last.ckpt`` follows every validation (and is not written by
+    ``fast_dev_run``).
 
     Since Lightning 2.6 ``save_last`` writes ``last.ckpt`` only when a top-k checkpoint was saved at
     the same step, so once the monitored metric stops improving a run's ``last.ckpt`` stops moving
@@ -35,6 +36,12 @@ class ModelCheckpoint(pl.callbacks.ModelCheckpoint):
         super().on_validation_end(trainer, pl_module)
         if not self._should_save_on_train_epoch_end(trainer):
             self._save_last_if_missed(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning 2.6 writes last.ckpt here even under fast_dev_run (which "disables checkpointing"):
+        # a later real run in that directory would then resume from a one-step smoke test.
+        if not trainer.fast_dev_run:
+            super().on_train_end(trainer, pl_module)
 
 
 class TrainingClock(pl.Callback):

@@ -13,7 +13,6 @@ import logging
 from collections.abc import Mapping, Sequence
 
 import torch
-from hydra.utils import instantiate
 from rdkit import Chem
 from torch import Tensor
 from tqdm import tqdm
@@ -25,7 +24,7 @@ from geomol.flows.sampler import AtomCounts, euler_sample, split_molecules
 from geomol.metrics.conditional import quantile_sample
 from geomol.metrics.summary import molecule_metrics
 from geomol.metrics.validity import sanitized
-from geomol.tasks.base import GeomolTask, plain_config
+from geomol.tasks.base import GeomolTask, build_network, plain_config
 
 __all__ = ["GenerationTask", "CHARGES"]
 
@@ -148,7 +147,7 @@ class GenerationTask(GeomolTask):
                 "monitor": monitor,
             }
         )
-        self.net = instantiate(self.hparams.net, num_properties=len(condition))
+        self.net = build_network(self.hparams.net, num_properties=len(condition))
         for attr in ("num_atom_types", "num_charges", "num_bond_types"):
             if not hasattr(self.net, attr):
                 raise ValueError(f"the generation network must expose {attr} (see geomol.models.propmolflow)")

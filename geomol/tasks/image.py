@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import hydra
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
-from .base import GeomolTask, plain_config
+from .base import GeomolTask, build_network, plain_config
 
 __all__ = ["ImageTask"]
 
@@ -61,7 +60,7 @@ class ImageTask(GeomolTask):
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
         self.save_hyperparameters()
-        self.net = hydra.utils.instantiate(net, num_classes=num_classes)
+        self.net = build_network(net, num_classes=num_classes)
         # Keys must not shadow nn.Module attributes such as ``train``.
         self.accuracy = torch.nn.ModuleDict(
             {f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro") for stage in ("train", "val", "test")}

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from hydra.utils import instantiate
 from torch import Tensor
 
-from .base import GeomolTask, plain_config
+from .base import GeomolTask, build_network, plain_config
 
 __all__ = ["NBodyTask"]
 
@@ -45,7 +44,7 @@ class NBodyTask(GeomolTask):
                 "monitor": monitor,
             }
         )
-        self.net = instantiate(net)
+        self.net = build_network(net)
 
     def forward(self, pos: Tensor, vel: Tensor, charge: Tensor, batch: Tensor) -> Tensor:
         """Predicted positions.

@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-from hydra.utils import instantiate
 from torch import Tensor
 from torch_geometric.utils import scatter
 
-from .base import GeomolTask, plain_config
+from .base import GeomolTask, build_network, plain_config
 
 __all__ = ["PropertyTask", "report_scale"]
 
@@ -109,7 +108,7 @@ class PropertyTask(GeomolTask):
             raise ValueError(f"loss must be 'l1' or 'mse', got {loss!r}")
         if forces and len(targets) != 1:
             raise ValueError("force training needs exactly one (energy) target")
-        self.net = instantiate(net, out_channels=len(targets))
+        self.net = build_network(net, out_channels=len(targets))
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float64), persistent=False)
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float64), persistent=False)
         self.register_buffer("extensive", torch.tensor(self.hparams.extensive, dtype=torch.bool), persistent=False)

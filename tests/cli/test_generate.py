@@ -181,6 +181,18 @@ def test_generate_bad_arguments(checkpoint, tmp_path, capsys, args, message):
     assert not list(tmp_path.glob("*.sdf")) and not list(tmp_path.glob("*.png"))
 
 
+def test_unknown_keys_are_one_line(tmp_path, capsys):
+    for main, args, message in [
+        (generate_main, ["ckpt=x.ckpt", "num_molecule=3"], "geomol: error: unknown config key num_molecule; the top level has batch_size, ckpt, condition, "),
+        (evaluate_main, ["sdf=x.sdf", "regresor=r.ckpt"], "geomol: error: unknown config key regresor; the top level has device, output, png, regressor, "),
+    ]:  # fmt: skip
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(message) and "\n" not in err and "+" not in err, err
+
+
 def test_evaluate_malformed_and_missing_sdf(tmp_path, capsys):
     bad = tmp_path / "bad.sdf"
     bad.write_text("not a molecule\n  at all\n$$$$\n")

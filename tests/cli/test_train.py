@@ -11,10 +11,10 @@ ROOT = Path(__file__).resolve().parents[2]
 QM9_FIXTURE = ["data.source=tests/fixtures/qm9", "data.subset=null", "data.batch_size=16"]
 
 
-def train(tmp_path, *overrides, timeout=300):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GEOMOL_DATA": str(tmp_path / "data")}
+def train(tmp_path, *overrides, timeout=300, env=None, flags=()):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GEOMOL_DATA": str(tmp_path / "data"), **(env or {})}
     env.pop("GEOMOL_DEBUG", None)
-    cmd = [sys.executable, "train.py", f"hydra.run.dir={tmp_path / 'run'}", *overrides]
+    cmd = [sys.executable, "train.py", *flags, f"hydra.run.dir={tmp_path / 'run'}", *overrides]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -30,10 +30,52 @@ def test_user_error_is_one_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_unknown_model_name(tmp_path):
-    result = train(tmp_path, "model=nope")
-    assert result.returncode != 0
-    assert "Could not find 'model/nope'" in result.stderr and "Traceback" not in result.stderr
+@pytest.mark.parametrize(
+    "override,line",
+    [
+        ("model=nope", "geomol: error: unknown model config 'nope'; choose from affine_cnn, dimenet, dimenetpp, gaunt, "),
+        ("trainer=fast", "geomol: error: unknown trainer config 'fast'; choose from cpu, ddp, default, gpu, quick"),
+        ("data.foo=1", "geomol: error: unknown config key data.foo; data has _target_, batch_size, "),
+        ("model.net.hidden=8", "geomol: error: unknown config key model.net.hidden; model.net has _target_, cutoff, hidden_channels, "),
+    ],
+)  # fmt: skip
+def test_unknown_config_name_or_key_is_one_line(tmp_path, override, line):
+    result = train(tmp_path, override)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith(line), result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_user_config_dir_and_own_network(tmp_path):
+    """``--config-dir`` adds a user's config folder (Hydra's flag); ``model.net._target_=mypkg.MyNet`` works
+    as written: the keys left by the default network that MyNet does not take are named and not passed."""
+    package = tmp_path / "mypkg"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "import torch\nfrom torch_geometric.utils import scatter\n\n"
+        "class MyNet(torch.nn.Module):\n"
+        "    def __init__(self, out_channels=1, width=4):\n"
+        "        super().__init__()\n"
+        "        self.embed = torch.nn.Embedding(10, width)\n"
+        "        self.out = torch.nn.Linear(width + 1, out_channels)\n\n"
+        "    def forward(self, z, pos, batch):\n"
+        "        h = torch.cat([self.embed(z), pos.norm(dim=-1, keepdim=True)], dim=-1)\n"
+        "        return scatter(self.out(h), batch, dim=0, reduce='sum')\n"
+    )
+    conf = tmp_path / "myconf" / "model"
+    conf.mkdir(parents=True)
+    (conf / "mine.yaml").write_text("defaults:\n  - schnet\n  - _self_\nnet:\n  _target_: mypkg.MyNet\n")
+    env = {"PYTHONPATH": str(tmp_path)}
+    args = [*QM9_FIXTURE, "trainer.fast_dev_run=true", "trainer.enable_progress_bar=false"]
+    own = train(tmp_path, *args, "model.net._target_=mypkg.MyNet", "+model.net.width=3", env=env)
+    assert own.returncode == 0, own.stderr[-3000:]
+    assert "model.net: mypkg.MyNet takes no hidden_channels, num_filters" in own.stdout + own.stderr
+    assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()  # fast_dev_run writes no checkpoint
+    listed = train(tmp_path, "model=nope", env=env, flags=["--config-dir", str(tmp_path / "myconf")])
+    assert listed.returncode == 2 and "mine" in listed.stderr and "schnet" in listed.stderr, listed.stderr
+    mine = train(tmp_path, "model=mine", *args, env=env, flags=["--config-dir", str(tmp_path / "myconf")])
+    assert mine.returncode == 0, mine.stderr[-3000:]
+    assert "model.net: mypkg.MyNet takes no" in mine.stdout + mine.stderr
 
 
 @pytest.mark.parametrize(
