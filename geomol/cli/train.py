@@ -108,13 +108,36 @@ def check_checkpoint_task(cfg: DictConfig, ckpt: str, checkpoint: dict) -> None:
         )
 
 
+def build_loggers(config: DictConfig | None) -> list | bool:
+    """The loggers of ``logger=csv`` / ``logger=[csv,tensorboard]`` (one key each), or of a single logger
+    config with its own ``_target_``; False for none."""
+    if not config:
+        return False
+    if "_target_" in config:
+        return [instantiate(config)]
+    loggers = []
+    for name, node in config.items():
+        if node is None:
+            continue
+        try:
+            loggers.append(instantiate(node))
+        except Exception as err:
+            cause = err
+            while cause is not None and not isinstance(cause, ImportError):
+                cause = cause.__cause__ or cause.__context__
+            if cause is None:
+                raise
+            raise ValueError(f"logger={name} needs its package: pip install 'geomol[loggers]'") from None
+    return loggers or False
+
+
 def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
     """Data module, task and trainer from a composed config (used by ``run`` and the tests)."""
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     task = instantiate(cfg.model, **datamodule.task_kwargs(), _recursive_=False)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    logger = build_loggers(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     return datamodule, task, trainer
 

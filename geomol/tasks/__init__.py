@@ -1,6 +1,6 @@
 """LightningModules: property regression, generation, N-body dynamics (and images)."""
 
-from .callbacks import ModelCheckpoint, TrainingClock, TrainingCurves
+from .callbacks import EMA, ModelCheckpoint, TrainingClock, TrainingCurves
 from .generation import GenerationTask
 from .image import ImageTask
 from .nbody import NBodyTask
@@ -14,4 +14,5 @@ __all__ = [
     "TrainingCurves",
     "TrainingClock",
     "ModelCheckpoint",
+    "EMA",
 ]

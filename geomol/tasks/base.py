@@ -44,6 +44,44 @@ def build_network(config: Mapping, **task_args: Any):
     return instantiate(config, **task_args)
 
 
+# A learning-rate warm-up may take at most this fraction of a run (papers' warm-ups are ~0.1-1 % of theirs).
+MAX_WARMUP_FRACTION = 0.1
+
+
+def planned_steps(module: pl.LightningModule, interval: str) -> float | None:
+    """How many scheduler steps the attached trainer plans: optimizer steps (``interval="step"``) or
+    epochs; None without a trainer or with an open-ended run."""
+    try:
+        trainer = module.trainer
+    except RuntimeError:
+        return None
+    if trainer is None:
+        return None
+    if interval == "step":
+        total = trainer.estimated_stepping_batches
+    else:
+        total = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
+    return float(total) if total is not None and total != float("inf") and total > 0 else None
+
+
+def cap_warmup(scheduler: Mapping, planned: float | None, interval: str) -> Mapping:
+    """A scheduler config whose ``warmup_steps`` is at most ``MAX_WARMUP_FRACTION`` of the planned run,
+    with one warning line when it was longer (e.g. DimeNet++'s 3,000 steps in a 30-step test run, which
+    would end it at 1 % of its learning rate)."""
+    warmup = scheduler.get("warmup_steps")
+    if planned is None or not isinstance(warmup, int) or isinstance(warmup, bool):
+        return scheduler
+    cap = max(1, int(MAX_WARMUP_FRACTION * planned))
+    if warmup <= cap:
+        return scheduler
+    unit = "steps" if interval == "step" else "epochs"
+    log.warning(
+        "model.scheduler.warmup_steps=%d is longer than %d %% of this run's %d %s: warming up over %d %s",
+        warmup, round(100 * MAX_WARMUP_FRACTION), planned, unit, cap, unit,
+    )  # fmt: skip
+    return {**scheduler, "warmup_steps": cap}
+
+
 def build_optimizers(
     module: pl.LightningModule, optimizer: Mapping | None, scheduler: Mapping | None, interval: str, monitor: str
 ):
@@ -52,6 +90,7 @@ def build_optimizers(
     opt = instantiate(optimizer)(params=module.parameters())
     if not scheduler:
         return opt
+    scheduler = cap_warmup(scheduler, planned_steps(module, interval), interval)
     sched = instantiate(scheduler)(optimizer=opt)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval, "monitor": monitor}}
 

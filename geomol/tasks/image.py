@@ -63,7 +63,10 @@ class ImageTask(GeomolTask):
         self.net = build_network(net, num_classes=num_classes)
         # Keys must not shadow nn.Module attributes such as ``train``.
         self.accuracy = torch.nn.ModuleDict(
-            {f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro") for stage in ("train", "val", "test")}
+            {
+                f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro")
+                for stage in ("train", "val", "val_raw", "test")
+            }
         )
 
     def forward(self, images: Tensor) -> Tensor:  # [B, C, H, W] -> [B, num_classes]

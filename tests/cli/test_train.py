@@ -203,3 +203,20 @@ def test_last_checkpoint_follows_every_epoch_when_the_metric_stalls(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
     assert torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=True)["epoch"] == 0
+
+
+def test_several_loggers_at_once(tmp_path):
+    """logger=[csv,tensorboard,wandb]: metrics.csv, TensorBoard events and an offline W&B run (no account)."""
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("wandb")
+    result = train(
+        tmp_path, *QM9_FIXTURE, "logger=[csv,tensorboard,wandb]", "trainer=quick", "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2", "trainer.enable_progress_bar=false", "model.net.num_interactions=1", "test=false",
+        env={"WANDB_SILENT": "true"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "run"
+    assert "val/mae_homo" in (run / "metrics.csv").read_text()
+    assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert (run / "curves.png").is_file()
