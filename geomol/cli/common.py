@@ -6,6 +6,7 @@ Every check raises a one-line ``ValueError``/``FileNotFoundError`` that the entr
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
@@ -17,6 +18,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
+
+from geomol.tasks.base import is_out_of_memory
 
 __all__ = [
     "CONFIG_DIR",
@@ -35,8 +38,12 @@ __all__ = [
 # The configs ship inside the package (geomol/conf), so installed and editable copies read the same files.
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
-# Errors a user can cause with their input or setup: printed as one line, exit code 2.
+# Errors a user can cause with their input or setup: printed as one line, exit code 2. OSErrors of the
+# user's paths (read-only or full disk, a file where a folder should be) count too, with their file name.
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
+PATH_ERRNOS = frozenset(
+    {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.ENOTDIR, errno.EISDIR, errno.EDQUOT}
+)
 
 
 def user_error(err: BaseException) -> BaseException | None:
@@ -45,6 +52,15 @@ def user_error(err: BaseException) -> BaseException | None:
     while err is not None and id(err) not in seen:
         if isinstance(err, USER_ERRORS):
             return err
+        if is_out_of_memory(err):
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            return ValueError(
+                f"out of memory ({first[:160]}): lower the batch size (data.batch_size= for training, "
+                "batch_size= for generate) or the model size"
+            )
+        if isinstance(err, OSError) and err.errno in PATH_ERRNOS and err.filename:
+            hint = " (set GEOMOL_DATA / data.root or hydra.run.dir to a writable folder)"
+            return ValueError(f"cannot write {err.filename}: {err.strerror}{hint if err.errno != errno.EISDIR else ''}")
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
@@ -127,18 +143,75 @@ def _search_path_overrides(argv: Sequence[str]) -> tuple[list[str], bool]:
     return out, True
 
 
-def check_overrides(name: str, argv: Sequence[str]) -> None:
+def check_overrides(name: str, argv: Sequence[str]) -> tuple[DictConfig, DictConfig, list[str]] | None:
     """Compose ``geomol/conf/<name>.yaml`` with the command line once, before Hydra runs: an unknown config
-    name or key is one ``ValueError`` line naming it and the valid ones (Hydra prints several lines)."""
+    name or key is one ``ValueError`` line naming it and the valid ones (Hydra prints several lines).
+
+    Returns the composed config, the config composed from the same config choices without the value
+    overrides (the defaults they replace), and the dotted keys given values; None for sweeps and
+    Hydra's own flags (``--multirun``, ``--cfg`` …), which Hydra handles itself.
+    """
     overrides, check = _search_path_overrides(argv)
     if not check or any("," in o.split("=", 1)[-1] and "[" not in o for o in overrides):
-        return  # sweeps and Hydra's own flags: Hydra reports those itself
+        return None
     try:
-        _compose(name, overrides)
+        cfg = _compose(name, overrides)
+        key = lambda o: o.lstrip("+~").split("=", 1)[0]  # noqa: E731
+        choices = [o for o in overrides if "." not in key(o) or key(o) == "hydra.searchpath"]
+        base = _compose(name, choices)
     except Exception as err:
         raise ValueError(config_error(err, name, overrides)) from None
     finally:
         GlobalHydra.instance().clear()
+    values = [key(o) for o in overrides if "." in key(o) and not o.startswith("~") and not key(o).startswith("hydra.")]
+    return cfg, base, values
+
+
+# Keys whose default is a positive whole number and that count or size something: at least 1.
+SIZE_KEY = re.compile(
+    r"(channels|hidden|layers|heads|features|scalars|vectors|blocks|updates|interactions|filters|batch_size|"
+    r"^num_(basis|radial|spherical|rbf|sbf))"
+)  # not num_ori (-1 is PONITA's edge-lifted mode), lmax (0 is valid), max_epochs (-1: no limit)
+
+
+# Trainer keys that take several types (devices=auto or 2 or [0,1]; val_check_interval=250 or 0.5 …).
+MIXED_TYPE_KEY = re.compile(
+    r"^trainer\.(devices|precision|val_check_interval|limit_\w+_batches|overfit_batches|max_time|strategy|accelerator)$"
+)
+
+
+def check_types(cfg: DictConfig, base: DictConfig, keys: Sequence[str]) -> None:
+    """Each overridden value has its default's type: a whole number where the default is one (and at least
+    1 for sizes and counts), a finite number where it is a float, true/false where it is a bool."""
+    missing = object()
+    for key in keys:
+        if MIXED_TYPE_KEY.match(key):
+            continue
+        old = OmegaConf.select(base, key, default=missing, throw_on_resolution_failure=False)
+        new = OmegaConf.select(cfg, key, default=missing, throw_on_resolution_failure=False)
+        if old is missing or new is missing or new is None or old is None:
+            continue
+        if isinstance(old, bool):
+            if not isinstance(new, bool):
+                raise ValueError(f"{key} must be true or false, got {new!r}")
+        elif isinstance(old, int):
+            if isinstance(new, bool) or not isinstance(new, int):
+                raise ValueError(f"{key} must be a whole number (default {old}), got {new!r}")
+            if old >= 1 and SIZE_KEY.search(key.rsplit(".", 1)[-1]) and new < 1:
+                raise ValueError(f"{key} must be at least 1, got {new}")
+        elif isinstance(old, float):
+            if isinstance(new, bool) or not isinstance(new, (int, float)) or not math.isfinite(new):
+                raise ValueError(f"{key} must be a finite number (default {old:g}), got {new!r}")
+
+
+def check_folder(path: str | Path, what: str) -> None:
+    """``path`` is, or can become, a folder: no part of it is a file."""
+    path = Path(path)
+    for part in [path, *path.parents]:
+        if part.exists():
+            if not part.is_dir():
+                raise ValueError(f"{what} {path}: {part} is a file, not a folder")
+            return
 
 
 def compose_config(name: str, argv: Sequence[str], open_dicts: Sequence[str]) -> DictConfig:

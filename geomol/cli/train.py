@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..checkpoints import add_record, read_checkpoint
 from ..tasks.loggers import trim_metrics
-from .common import CONFIG_DIR, check_overrides, report_errors, user_error  # noqa: F401 (re-exported)
+from .common import CONFIG_DIR, check_folder, check_overrides, check_types, report_errors, user_error  # noqa: F401
 
 log = logging.getLogger("geomol")
 
@@ -144,6 +145,7 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Train (resuming if a checkpoint exists), then test; returns the test metrics."""
+    check_train_config(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     run_dir = _run_dir(cfg)
     ckpt = resume_checkpoint(cfg, run_dir)
@@ -200,10 +202,66 @@ def _hydra_main(cfg: DictConfig) -> None:
     report_errors(run)(cfg)
 
 
+def _devices_ok(value) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value >= 1 or value == -1
+    if isinstance(value, str):
+        return value == "auto" or bool(re.fullmatch(r"-1|\d+|(\d+,)*\d+,?", value))
+    return OmegaConf.is_list(value) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+
+
+def check_train_config(cfg: DictConfig, base: DictConfig | None = None, keys=()) -> None:
+    """Values a run would fail on minutes later, or with a traceback: one line each, before any work.
+    ``base``/``keys``: the defaults the command line replaced (their types are checked too)."""
+    if base is not None:
+        check_types(cfg, base, keys)
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be a whole number, got {seed!r}")
+    lr = OmegaConf.select(cfg, "model.optimizer.lr", default=None)
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 <= lr < float("inf")):
+        raise ValueError(f"model.optimizer.lr must be a number >= 0, got {lr!r}")
+    devices = OmegaConf.select(cfg, "trainer.devices", default="auto")
+    if not _devices_ok(devices):
+        raise ValueError(
+            f"trainer.devices must be auto, a count (-1: all), or a list of device indices, got {devices!r}"
+        )
+    split = OmegaConf.select(cfg, "data.split", default=None)
+    if split is not None:
+        if (
+            not OmegaConf.is_list(split)
+            or len(split) != 3
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in split)
+        ):
+            raise ValueError(f"data.split must be three numbers (train, val, test sizes or fractions), got {split}")
+    for key in ("data.root", "paths.data_dir", "paths.output_dir"):
+        try:
+            path = OmegaConf.select(cfg, key, default=None)
+        except Exception:  # interpolations of Hydra's runtime (resolved once Hydra runs)
+            continue
+        if isinstance(path, str) and path:
+            check_folder(path, key)
+
+
+def precheck(argv) -> None:
+    """Unknown config names/keys and bad values of ``train.py``'s command line: one line, exit 2, before
+    Hydra creates a run directory."""
+    checked = check_overrides("train", argv)
+    if checked is None:
+        return
+    cfg, base, keys = checked
+    check_train_config(cfg, base, keys)
+    for arg in argv:
+        if arg.startswith("hydra.run.dir="):
+            check_folder(arg.split("=", 1)[1], "hydra.run.dir")
+
+
 def main() -> None:
-    """``train.py`` / ``geomol-train``: unknown config names or keys stop with one line (exit 2) before
-    Hydra starts; then Hydra composes, makes the run directory and calls ``run``."""
-    report_errors(check_overrides)("train", sys.argv[1:])
+    """``train.py`` / ``geomol-train``: unknown config names or keys and bad values stop with one line
+    (exit 2) before Hydra starts; then Hydra composes, makes the run directory and calls ``run``."""
+    report_errors(precheck)(sys.argv[1:])
     _hydra_main()
 
 

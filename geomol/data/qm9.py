@@ -13,6 +13,7 @@ import csv
 import hashlib
 import importlib.util
 import io
+import logging
 import multiprocessing
 import os
 import tarfile
@@ -27,6 +28,8 @@ from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
 from .chem import METHOD_FAILED, METHOD_NAMES, atomic_numbers, bonds_from_xyz
+
+log = logging.getLogger("geomol")
 
 __all__ = ["QM9", "TARGETS", "UNITS", "HARTREE_TO_EV", "ATOMREF_HARTREE", "split_indices", "qm9pack_folder"]
 
@@ -195,6 +198,37 @@ def _download(url: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
+CACHE_FIELDS = ("z", "pos", "ptr", "y", "idx")
+
+
+def _valid_cache(cache) -> bool:
+    """A cache of this version with every field, consistent shapes (a loadable but foreign or truncated
+    file is rebuilt instead of failing later with ``KeyError: 'z'``)."""
+    if not isinstance(cache, dict) or cache.get("version") != _CACHE_VERSION:
+        return False
+    if any(not isinstance(cache.get(k), torch.Tensor) for k in CACHE_FIELDS) or "smiles" not in cache:
+        return False
+    z, pos, ptr, y = cache["z"], cache["pos"], cache["ptr"], cache["y"]
+    n = ptr.numel() - 1
+    return (
+        ptr.dim() == 1 and n >= 0 and int(ptr[-1]) == z.numel() and pos.shape == (z.numel(), 3)
+        and y.size(0) == n and cache["idx"].numel() == n and len(cache["smiles"]) == n
+    )  # fmt: skip
+
+
+def _check_writable(folder: Path) -> None:
+    """One line if the cache folder cannot be written (read-only GEOMOL_DATA, a file in the way)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write_test.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(
+            f"cannot write the QM9 cache in {folder}: {err.strerror}; set GEOMOL_DATA or data.root to a writable folder"
+        ) from None
+
+
 def _save_atomic(obj, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -260,10 +294,12 @@ class QM9(torch.utils.data.Dataset):
         if path.exists():
             try:
                 cache = torch.load(path, weights_only=True)
-                if cache.get("version") == _CACHE_VERSION:
+                if _valid_cache(cache):
                     return cache
+                log.warning("QM9 cache %s is not a geomol v%d cache: rebuilding it", path, _CACHE_VERSION)
             except Exception:  # a cache from another version or a damaged file: rebuild it
-                pass
+                log.warning("QM9 cache %s cannot be read: rebuilding it", path)
+        _check_writable(path.parent)  # before minutes of processing, not after
         cache = self._process()
         _save_atomic(cache, path)
         return cache

@@ -8,13 +8,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor
 
 from ..checkpoints import GeomolTaskMixin
 
-__all__ = ["plain_config", "build_network", "build_optimizers", "GeomolTask"]
+__all__ = ["plain_config", "build_network", "is_out_of_memory", "build_optimizers", "GeomolTask"]
 
 log = logging.getLogger("geomol")
 
@@ -22,6 +23,12 @@ log = logging.getLogger("geomol")
 def plain_config(cfg: Any) -> Any:
     """Plain dicts/lists from OmegaConf nodes, so hyper-parameters pickle-free into checkpoints."""
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """A CUDA or CPU allocator failure (``torch.OutOfMemoryError`` or the CPU allocator's RuntimeError)."""
+    text = str(err)
+    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text
 
 
 def build_network(config: Mapping, **task_args: Any):

@@ -24,9 +24,31 @@ from geomol.flows.sampler import AtomCounts, euler_sample, split_molecules
 from geomol.metrics.conditional import quantile_sample
 from geomol.metrics.summary import molecule_metrics
 from geomol.metrics.validity import sanitized
-from geomol.tasks.base import GeomolTask, build_network, plain_config
+from geomol.tasks.base import GeomolTask, build_network, is_out_of_memory, plain_config
 
-__all__ = ["GenerationTask", "CHARGES"]
+__all__ = ["GenerationTask", "CHARGES", "available_memory"]
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free bytes on ``device``: CUDA's free memory, or the host's MemAvailable; None if unknown."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, RuntimeError, ValueError):
+        return None
+    return None
+
+
+def pair_bytes(edge_features: int, vectors: int) -> int:
+    """Bytes one atom pair holds at the peak of a sampling step: the pair features and their messages
+    through one update (float32, ~8 live copies of the edge features plus geometry). A rough upper
+    bound for refusing hopeless batches up front, not a measurement."""
+    return 4 * (8 * edge_features + 6 * vectors + 32)
+
 
 log = logging.getLogger("geomol")
 
@@ -345,6 +367,7 @@ class GenerationTask(GeomolTask):
         dev_gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         values = self._condition_values(condition, num_molecules, cpu_gen)
         counts = self._atom_counts(num_molecules, n_atoms, values, cpu_gen)
+        self._check_memory(counts, int(opts["batch_size"]))
         was_training = self.training
         self.eval()
         mols: list[Chem.Mol] = []
@@ -356,17 +379,26 @@ class GenerationTask(GeomolTask):
             standard = None
             if values is not None:
                 standard = (values[chunk].to(self.prop_mean) - self.prop_mean) / self.prop_std
-            state, batch_vec, pairs = euler_sample(
-                self.net,
-                self.flow,
-                counts[chunk],
-                standard,
-                steps=int(opts["steps"]),
-                eta=float(opts["eta"]),
-                temperature=float(opts["temperature"]),
-                generator=dev_gen,
-                on_step=bar.update,
-            )
+            try:
+                state, batch_vec, pairs = euler_sample(
+                    self.net,
+                    self.flow,
+                    counts[chunk],
+                    standard,
+                    steps=int(opts["steps"]),
+                    eta=float(opts["eta"]),
+                    temperature=float(opts["temperature"]),
+                    generator=dev_gen,
+                    on_step=bar.update,
+                )
+            except (torch.OutOfMemoryError, RuntimeError) as err:
+                if not is_out_of_memory(err):
+                    raise
+                bar.close()
+                raise ValueError(
+                    f"out of memory sampling a batch of {chunk.stop - chunk.start} molecules of up to "
+                    f"{int(counts[chunk].max())} atoms: lower batch_size (now {opts['batch_size']})"
+                ) from None
             for k, (mol_state, mol_pairs) in enumerate(split_molecules(state, batch_vec, pairs)):
                 mol = self._to_rdkit(mol_state, mol_pairs)
                 if values is not None:
@@ -376,6 +408,20 @@ class GenerationTask(GeomolTask):
         bar.close()
         self.train(was_training)
         return mols
+
+    def _check_memory(self, counts: Tensor, batch_size: int) -> None:
+        """Refuse up front (one line) a batch whose atom pairs cannot fit in memory: every molecule is a
+        complete graph, so memory grows with batch_size × atoms²."""
+        pairs = counts.long() * (counts.long() - 1)
+        worst = max(int(pairs[i : i + batch_size].sum()) for i in range(0, len(pairs), batch_size))
+        net = self.hparams.net
+        need = worst * pair_bytes(int(net.get("edge_features", 64)), int(net.get("vectors", 16)))
+        have = available_memory(self.device)
+        if have is not None and need > have:
+            raise ValueError(
+                f"sampling batches of {min(batch_size, len(counts))} molecules of up to {int(counts.max())} atoms needs about "
+                f"{need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB available: lower batch_size or n_atoms"
+            )
 
     def _to_rdkit(self, state: MoleculeState, pairs: Tensor) -> Chem.Mol:
         edge_index, bond_type = bonds_from_pairs(pairs, state.bond_type)

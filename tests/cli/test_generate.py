@@ -395,3 +395,37 @@ def test_generate_progress_bar(checkpoint, tmp_path, capsys, progress):
     generate_main(args + ["batch_size=2", f"progress={str(progress).lower()}"])
     err = capsys.readouterr().err
     assert ("sampling 3 molecules" in err and "8/8" in err) == progress, err
+
+
+def test_hopeless_batch_is_refused_before_sampling(checkpoint, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        generate_main([f"ckpt={checkpoint}", "num_molecules=2", f"output={tmp_path}/m.sdf", "n_atoms=200000",
+                       "condition.gap=6.8", "progress=false"])  # fmt: skip
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("geomol: error: sampling batches of 2 molecules of up to 200000 atoms needs about ")
+    assert err.endswith("GiB available: lower batch_size or n_atoms") and not list(tmp_path.iterdir())
+
+
+def test_allocator_error_is_one_line_with_the_batch(checkpoint, tmp_path, capsys, monkeypatch):
+    import geomol.tasks.generation as generation
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(generation, "euler_sample", fail)
+    with pytest.raises(SystemExit) as exit_info:
+        generate_main([f"ckpt={checkpoint}", "num_molecules=3", "batch_size=3", f"output={tmp_path}/m.sdf",
+                       "n_atoms=9", "condition.gap=6.8", "progress=false"])  # fmt: skip
+    assert exit_info.value.code == 2
+    message = "geomol: error: out of memory sampling a batch of 3 molecules of up to 9 atoms: lower batch_size (now 3)"
+    assert capsys.readouterr().err.strip() == message and not list(tmp_path.iterdir())
+
+
+def test_training_out_of_memory_is_one_line():
+    from geomol.cli.common import user_error
+
+    err = user_error(RuntimeError("wrapped")) or user_error(
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    )
+    assert str(err).startswith("out of memory (CUDA out of memory. Tried to allocate 2.00 GiB): lower the batch size")

@@ -220,3 +220,56 @@ def test_several_loggers_at_once(tmp_path):
     assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
     assert list((run / "wandb").glob("offline-run-*/run-*.wandb"))
     assert (run / "curves.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("seed=abc", "seed must be a whole number, got 'abc'"),
+        ("trainer.max_epochs=abc", "trainer.max_epochs must be a whole number (default 300), got 'abc'"),
+        ("trainer.max_epochs=2.5", "trainer.max_epochs must be a whole number (default 300), got 2.5"),
+        ("model.optimizer.lr=abc", "model.optimizer.lr must be a finite number (default 0.0005), got 'abc'"),
+        ("model.optimizer.lr=-1e-3", "model.optimizer.lr must be a number >= 0, got -0.001"),
+        ("model.net.hidden_channels=0", "model.net.hidden_channels must be at least 1, got 0"),
+        ("model.net.cutoff=far", "model.net.cutoff must be a finite number (default 5), got 'far'"),
+        ("data.split=[10,10]", "data.split must be three numbers (train, val, test sizes or fractions), got [10, 10]"),
+        ("data.batch_size=0", "data.batch_size must be at least 1, got 0"),
+        (
+            "trainer.devices=[a]",
+            "trainer.devices must be auto, a count (-1: all), or a list of device indices, got ['a']",
+        ),
+        ("trainer.enable_progress_bar=3", "trainer.enable_progress_bar must be true or false, got 3"),
+        ("data.root={file}", "data.root {file}: {file} is a file, not a folder"),
+        ("hydra.run.dir={file}/run", "hydra.run.dir {file}/run: {file} is a file, not a folder"),
+    ],
+)
+def test_bad_train_values_are_one_line_before_any_work(tmp_path, capsys, override, message):
+    from geomol.cli.train import precheck, report_errors
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    override, message = override.format(file=afile), message.format(file=afile)
+    with pytest.raises(SystemExit) as exit_info:
+        report_errors(precheck)(["model=schnet", "trainer=default", override])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == f"geomol: error: {message}"
+
+
+def test_path_errors_are_one_line():
+    import errno
+
+    from geomol.cli.common import user_error
+
+    err = user_error(RuntimeError("wrapped").with_traceback(None))
+    assert err is None
+    wrapped = RuntimeError("while saving")
+    wrapped.__cause__ = OSError(errno.EROFS, "Read-only file system", "/data/qm9/processed/x.pt")
+    assert str(user_error(wrapped)).startswith(
+        "cannot write /data/qm9/processed/x.pt: Read-only file system (set GEOMOL_DATA"
+    )
+
+
+def test_bad_value_in_process_stops_before_hydra_makes_a_run_dir(tmp_path):
+    result = train(tmp_path, *QM9_FIXTURE, "trainer.max_epochs=abc")
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
+    assert not (tmp_path / "run").exists()

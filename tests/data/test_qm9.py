@@ -109,6 +109,32 @@ def test_damaged_cache_is_rebuilt(fixture_qm9, tmp_path):
     assert len(QM9(tmp_path, source=fixture_qm9.source)) == len(fixture_qm9)
 
 
+@pytest.mark.parametrize("damage", ["missing_z", "foreign", "truncated"])
+def test_loadable_but_wrong_cache_is_rebuilt(fixture_qm9, tmp_path, damage):
+    first = QM9(tmp_path, source=fixture_qm9.source)
+    cache = torch.load(first.processed_path, weights_only=True)
+    if damage == "missing_z":
+        del cache["z"]
+    elif damage == "foreign":
+        cache = {"version": cache["version"], "weights": torch.zeros(3)}
+    else:
+        cache["pos"] = cache["pos"][:-5]
+    torch.save(cache, first.processed_path)
+    again = QM9(tmp_path, source=fixture_qm9.source)
+    assert len(again) == len(fixture_qm9)
+    last = len(fixture_qm9) - 1
+    torch.testing.assert_close(again[last].pos, fixture_qm9[last].pos)
+
+
+def test_unwritable_cache_folder_is_one_line_before_processing(fixture_qm9, tmp_path):
+    blocker = tmp_path / "data"
+    blocker.write_text("a file where the cache folder should be")
+    with pytest.raises(
+        ValueError, match=r"cannot write the QM9 cache in .*data/processed: Not a directory; set GEOMOL_DATA"
+    ):
+        QM9(blocker, source=fixture_qm9.source)
+
+
 def test_malformed_csv_and_missing_source(tmp_path, fixtures_dir):
     bad = tmp_path / "bad"
     bad.mkdir()
