@@ -19,6 +19,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from .pretrained import checkpoint_path
 from .safety import check_checkpoint_config, task_class
 
 __all__ = ["read_checkpoint", "load_task", "add_record", "TASK_KEY"]
@@ -34,7 +35,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         FileNotFoundError: no file at ``path``.
         ValueError: the file is not a checkpoint, is truncated, or holds pickled objects.
     """
-    path = Path(path)
+    path = checkpoint_path(path)  # a pretrained model's name works too
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:

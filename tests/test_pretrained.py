@@ -1,0 +1,43 @@
+"""The model zoo: shipped checkpoints by name, in the Python API and wherever a checkpoint path is taken."""
+
+import pytest
+
+import geomol.pretrained as zoo
+from geomol.cli.generate import main as generate_main
+from geomol.tasks import GenerationTask, PropertyTask
+
+SHIPPED = {"gvp_regressor_qm9", "propmolflow_qm9_gap_cpu", "propmolflow_qm9_gap_mid_cpu", "propmolflow_qm9_gap_mu_cpu"}
+
+
+def test_list_names_the_shipped_models():
+    assert SHIPPED <= set(zoo.list())
+    assert zoo.info("gvp_regressor_qm9")["title"].startswith("GVP")
+
+
+def test_load_by_name():
+    regressor = zoo.load("gvp_regressor_qm9")
+    assert isinstance(regressor, PropertyTask) and not regressor.training
+    assert isinstance(zoo.load("propmolflow_qm9_gap_cpu", expected=GenerationTask), GenerationTask)
+
+
+def test_unknown_name_and_missing_files_are_one_line(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match=r"unknown pretrained model 'nope'; known: gvp_regressor_qm9, propmolflow"):
+        zoo.load("nope")
+    broken = tmp_path / "broken_model"
+    broken.mkdir()
+    (broken / "README.md").write_text("# a zoo entry without its checkpoint\n")
+    monkeypatch.setenv("GEOMOL_PRETRAINED", str(tmp_path))
+    assert "broken_model" in zoo.list()
+    with pytest.raises(FileNotFoundError, match=f"pretrained model broken_model: {broken / 'model.ckpt'} is missing"):
+        zoo.load("broken_model")
+
+
+def test_names_work_where_paths_do(tmp_path, capsys):
+    metrics = generate_main(["ckpt=propmolflow_qm9_gap_cpu", "num_molecules=2", f"output={tmp_path / 'm.sdf'}",
+                             "condition.gap=6.8", "steps=5", "progress=false"])  # fmt: skip
+    assert metrics["molecules"] == 2 and (tmp_path / "m.sdf").is_file()
+    from geomol.calculators import GeomolCalculator
+
+    with pytest.raises(ValueError, match="energy"):  # found by name, then refused: a gap regressor
+        GeomolCalculator("gvp_regressor_qm9")
+    assert zoo.checkpoint_path("outputs/run/last.ckpt").as_posix() == "outputs/run/last.ckpt"  # paths stay paths
