@@ -47,7 +47,7 @@ class UnsafeCheckpointError(ValueError):
 # module's path of a class are accepted, since Hydra configs use either.
 _BUILDABLE_SOURCES: tuple[tuple[str, tuple[str, ...] | None], ...] = (
     ("geomol.models", None),  # every network geomol.models exports (its __all__)
-    ("geomol.tasks.schedules", ("warmup_exponential_decay", "cosine_with_warmup")),
+    ("geomol.tasks.schedules", ("warmup_exponential_decay", "cosine_with_warmup", "cosine_times_warmup")),
     ("torch.optim", ("Adam", "AdamW", "SGD", "RAdam", "NAdam", "Adamax", "Adagrad", "Adadelta", "RMSprop")),
     (
         "torch.optim.lr_scheduler",

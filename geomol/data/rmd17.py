@@ -240,13 +240,15 @@ class RMD17DataModule(GraphDataModule):
 
         ``mean`` is the per-atom mean energy of the training frames (one molecule per data set, so
         this is the per-frame mean divided by the atom count) and ``std`` the standard deviation of
-        the per-frame energy, both in eV.
+        the per-frame energy, both in eV; ``force_rms`` the RMS of the training force components
+        (eV/Å), PONITA's unit (``energy_scale=force_rms``).
         """
         self.setup()
         train = self.splits["train"]
         energy = self.dataset.energy[train].unsqueeze(-1)
         num_atoms = torch.full((train.numel(),), self.dataset.z.numel())
         mean, std = target_statistics(energy, num_atoms, [True])
+        force_rms = float(self.dataset.forces[train].double().pow(2).mean().sqrt())
         return {
             "targets": ["energy"],
             "units": ["eV"],
@@ -255,4 +257,5 @@ class RMD17DataModule(GraphDataModule):
             "extensive": [True],
             "elements": sorted(set(self.dataset.z.tolist())),
             "forces": True,
+            "force_rms": force_rms,
         }

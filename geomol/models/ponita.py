@@ -80,6 +80,8 @@ class PonitaNet(nn.Module):
             have their own orientation.
         rotate_grid: in training mode, rotate the grid at random in every forward.
         max_num_neighbors: neighbours kept per node by the radius graphs (``None``: all).
+        calibrate: rescale each convolution's kernels on the first training batch so it starts
+            variance-preserving (the authors' ``callibrate``; on in the paper configs).
 
     Shapes:
         pos ``[N, 3]``, batch ``[N]``, scalars ``[N, scalar_in]``, vectors ``[N, vector_in, 3]``
@@ -107,6 +109,7 @@ class PonitaNet(nn.Module):
         complete_invariants: bool = False,
         rotate_grid: bool = True,
         max_num_neighbors: int | None = None,
+        calibrate: bool = False,
     ) -> None:
         super().__init__()
         if num_ori < -1:
@@ -145,7 +148,11 @@ class PonitaNet(nn.Module):
         self.layers = nn.ModuleList()
         self.readouts = nn.ModuleList()
         for i in range(num_layers):
-            conv = FiberBundleConv(hidden_channels, basis_dim) if num_ori > 0 else PointConv(hidden_channels, basis_dim)
+            conv = (
+                FiberBundleConv(hidden_channels, basis_dim, calibrate)
+                if num_ori > 0
+                else PointConv(hidden_channels, basis_dim, calibrate)
+            )
             self.layers.append(ConvNextBlock(hidden_channels, conv, widening_factor, layer_scale))
             if multiple_readouts or i == num_layers - 1:
                 self.readouts.append(nn.Linear(hidden_channels, scalar_out + vector_out))

@@ -369,19 +369,30 @@ class PointConv(nn.Module):
     Args:
         channels: feature channels (in = out; the ConvNeXt MLP mixes channels).
         basis_dim: size of the shared kernel basis.
+        calibrate: on the first forward pass in training mode, rescale the kernel by std(x)/std(output)
+            so the layer starts variance-preserving (the authors' ``Conv.callibrate``; that pass's own
+            output is not recomputed, as theirs).
 
     Shapes:
         x ``[M, C]``, edge_index ``[2, E]``, basis ``[E, basis_dim]`` -> ``[M, C]``
     """
 
-    def __init__(self, channels: int, basis_dim: int) -> None:
+    def __init__(self, channels: int, basis_dim: int, calibrate: bool = False) -> None:
         super().__init__()
         self.kernel = nn.Linear(basis_dim, channels, bias=False)
         self.bias = nn.Parameter(torch.zeros(channels))
+        if calibrate:  # a buffer, so a resumed or loaded model is not calibrated twice
+            self.register_buffer("calibrated", torch.tensor(False))
 
     def forward(self, x: Tensor, edge_index: Tensor, basis: Tensor) -> Tensor:
         messages = self.kernel(basis) * x[edge_index[0]]  # [E, C]
-        return scatter(messages, edge_index[1], dim=0, dim_size=x.size(0), reduce="sum") + self.bias
+        out = scatter(messages, edge_index[1], dim=0, dim_size=x.size(0), reduce="sum")
+        if self.training and hasattr(self, "calibrated") and not bool(self.calibrated):
+            # .data, as the authors: the first batch's graph already holds the weight (no version bump)
+            with torch.no_grad():
+                self.kernel.weight.data.mul_(x.std() / out.std())
+                self.calibrated.fill_(True)
+        return out + self.bias
 
 
 class FiberBundleConv(nn.Module):
@@ -397,23 +408,34 @@ class FiberBundleConv(nn.Module):
     Args:
         channels: feature channels (in = out).
         basis_dim: size of the shared spatial and fiber kernel bases.
+        calibrate: on the first forward pass in training mode, rescale the spatial kernel by
+            std(x)/std(spatial) and the fiber kernel by std(spatial)/std(output) (the authors'
+            ``FiberBundleConv.callibrate``; that pass's own output is not recomputed, as theirs).
 
     Shapes:
         x ``[N, O, C]``, edge_index ``[2, E]``, basis ``[E, O, basis_dim]``,
         fiber_basis ``[O, O, basis_dim]`` -> ``[N, O, C]``
     """
 
-    def __init__(self, channels: int, basis_dim: int) -> None:
+    def __init__(self, channels: int, basis_dim: int, calibrate: bool = False) -> None:
         super().__init__()
         self.kernel = nn.Linear(basis_dim, channels, bias=False)
         self.fiber_kernel = nn.Linear(basis_dim, channels, bias=False)
         self.bias = nn.Parameter(torch.zeros(channels))
+        if calibrate:
+            self.register_buffer("calibrated", torch.tensor(False))
 
     def forward(self, x: Tensor, edge_index: Tensor, basis: Tensor, fiber_basis: Tensor) -> Tensor:
         messages = self.kernel(basis) * x[edge_index[0]]  # [E, O, C]
         spatial = scatter(messages, edge_index[1], dim=0, dim_size=x.size(0), reduce="sum")  # [N, O, C]
         fiber_kernel = self.fiber_kernel(fiber_basis)  # [O, O, C], indexed [o', o, c]
-        return torch.einsum("npc,poc->noc", spatial, fiber_kernel) / fiber_kernel.size(0) + self.bias
+        out = torch.einsum("npc,poc->noc", spatial, fiber_kernel) / fiber_kernel.size(0)
+        if self.training and hasattr(self, "calibrated") and not bool(self.calibrated):
+            with torch.no_grad():  # .data, as the authors (see PointConv)
+                self.kernel.weight.data.mul_(x.std() / spatial.std())
+                self.fiber_kernel.weight.data.mul_(spatial.std() / out.std())
+                self.calibrated.fill_(True)
+        return out + self.bias
 
 
 class ConvNextBlock(nn.Module):

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 from torch_geometric.utils import scatter
 
+from ..nn.ponita import random_rotation_matrix
 from .base import GeomolTask, build_network, plain_config
 
 __all__ = ["PropertyTask", "report_scale"]
@@ -55,6 +56,14 @@ class PropertyTask(GeomolTask):
         elements: atomic numbers the model may see; others raise a ValueError.
         forces: train on energies and forces (batch has ``energy`` and ``forces``).
         energy_weight, force_weight: loss weights when ``forces``.
+        energy_scale: with ``forces``, the unit energies and forces are standardized by: ``"std"`` (the
+            training energies' standard deviation, geomol's default) or ``"force_rms"`` (the RMS of the
+            training force components, PONITA's ``main_md17.py``; the data module passes ``force_rms``).
+            The loss is ``energy_weight·mean(ΔE²) + force_weight·mean(ΔF²)`` in that unit, so PONITA's
+            ``E/500 + F`` is ``energy_weight=0.002, force_weight=1`` with ``"force_rms"``.
+        force_rms: RMS of the training force components (from the data module).
+        test_rotations: average each test prediction (energy, forces rotated back) over this many random
+            rotations of the molecule (PONITA's ``--repeats 5``; 1: a single prediction).
         loss: ``"l1"`` or ``"mse"`` for targets without forces (forces use MSE on both terms).
         optimizer: partial optimizer config (``_partial_: true``).
         scheduler: partial LR-scheduler config or None; ``scheduler_interval`` "epoch" or "step".
@@ -75,6 +84,9 @@ class PropertyTask(GeomolTask):
         energy_weight: float = 1.0,
         force_weight: float = 100.0,
         loss: str = "l1",
+        energy_scale: str = "std",
+        force_rms: float | None = None,
+        test_rotations: int = 1,
         optimizer: Mapping | None = None,
         scheduler: Mapping | None = None,
         scheduler_interval: str = "epoch",
@@ -82,6 +94,14 @@ class PropertyTask(GeomolTask):
     ) -> None:
         super().__init__()
         net, optimizer, scheduler = plain_config(net), plain_config(optimizer), plain_config(scheduler)
+        if energy_scale not in ("std", "force_rms"):
+            raise ValueError(f"energy_scale must be 'std' or 'force_rms', got {energy_scale!r}")
+        if energy_scale == "force_rms":
+            if not forces or force_rms is None or not force_rms > 0:
+                raise ValueError("energy_scale=force_rms needs a force field (forces=true) and the data's force_rms")
+            std = [float(force_rms)]
+        if isinstance(test_rotations, bool) or not isinstance(test_rotations, int) or test_rotations < 1:
+            raise ValueError(f"test_rotations must be a whole number >= 1, got {test_rotations!r}")
         self.save_hyperparameters(
             {
                 "net": net,
@@ -96,6 +116,9 @@ class PropertyTask(GeomolTask):
                 "energy_weight": energy_weight,
                 "force_weight": force_weight,
                 "loss": loss,
+                "energy_scale": energy_scale,
+                "force_rms": None if force_rms is None else float(force_rms),
+                "test_rotations": test_rotations,
                 "optimizer": optimizer,
                 "scheduler": scheduler,
                 "scheduler_interval": scheduler_interval,
@@ -143,6 +166,23 @@ class PropertyTask(GeomolTask):
             (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=self.training)
         return energy, -grad
 
+    def _rotation_average(self, batch, rotations: int):
+        """Predictions (energy and forces, or targets) averaged over ``rotations`` random rotations of each
+        batch (forces rotated back); one plain prediction for ``rotations == 1``."""
+        z, pos, vec = batch.z, batch.pos, batch.batch
+        if rotations == 1:
+            return self.predict_energy_forces(z, pos, vec) if self.hparams.forces else self(z, pos, vec)
+        outs = []
+        for _ in range(rotations):
+            rot = random_rotation_matrix(torch.float64, pos.device).to(pos.dtype)  # [3, 3]
+            if self.hparams.forces:
+                energy, forces = self.predict_energy_forces(z, pos @ rot.T, vec)
+                outs.append((energy.detach(), (forces @ rot).detach()))  # F' = F Rᵀ  ->  F = F' R
+            else:
+                outs.append((self(z, pos @ rot.T, vec),))
+        means = [torch.stack(parts).mean(0) for parts in zip(*outs)]
+        return tuple(means) if self.hparams.forces else means[0]
+
     def _target(self, batch) -> Tensor:
         if self.hparams.forces and hasattr(batch, "energy"):
             return batch.energy.view(-1, 1)
@@ -155,8 +195,9 @@ class PropertyTask(GeomolTask):
         target = self._target(batch).to(self.std.dtype)
         num_graphs = target.size(0)
         std = self.std.to(target.dtype)
+        rotations = self.hparams.get("test_rotations", 1) if stage == "test" else 1
         if self.hparams.forces:
-            energy, forces = self.predict_energy_forces(batch.z, batch.pos, batch.batch)
+            energy, forces = self._rotation_average(batch, rotations)
             e_err = (energy.to(target.dtype) - target[:, 0]) / std[0]
             f_err = (forces.to(target.dtype) - batch.forces.to(target.dtype)) / std[0]
             loss = self.hparams.energy_weight * e_err.pow(2).mean() + self.hparams.force_weight * f_err.pow(2).mean()
@@ -166,7 +207,7 @@ class PropertyTask(GeomolTask):
                 scale, unit = report_scale(f"{self.hparams.units[0]}/Å")
                 self.log(f"{stage}/mae_forces", force_mae * scale, batch_size=forces.size(0))
         else:
-            pred = self(batch.z, batch.pos, batch.batch).to(target.dtype)
+            pred = self._rotation_average(batch, rotations).to(target.dtype)
             err = (pred - target) / std
             loss = err.abs().mean() if self.hparams.loss == "l1" else err.pow(2).mean()
             errors = {name: (pred[:, k] - target[:, k]).detach().abs() for k, name in enumerate(self.hparams.targets)}

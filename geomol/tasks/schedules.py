@@ -10,7 +10,7 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-__all__ = ["warmup_exponential_decay", "cosine_with_warmup"]
+__all__ = ["warmup_exponential_decay", "cosine_with_warmup", "cosine_times_warmup"]
 
 
 def warmup_exponential_decay(
@@ -35,5 +35,18 @@ def cosine_with_warmup(
             return (step + 1) / warmup_steps
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
         return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return LambdaLR(optimizer, factor)
+
+
+def cosine_times_warmup(optimizer: Optimizer, warmup_steps: int = 0, total_steps: int = 100_000) -> LambdaLR:
+    """PONITA's ``CosineWarmupScheduler``: ``0.5 (1 + cos(π t / T))``, times ``(t + ε) / (W + ε)`` while
+    ``t ≤ W`` (ε = 1e-6), so the first step (t = 0) has a learning rate of ~0, as in the authors' code."""
+
+    def factor(step: int) -> float:
+        value = 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+        if step <= warmup_steps:
+            value *= (step + 1e-6) / (warmup_steps + 1e-6)
+        return value
 
     return LambdaLR(optimizer, factor)
