@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .sphere_grid import SphericalGridTransform  # the torch path's tables, so both paths agree
+
 __all__ = ["available", "backward", "disabled", "forward", "plan"]
 
 _SOURCE = Path(__file__).with_name("csrc") / "gaunt_product.cpp"
@@ -122,11 +124,9 @@ _TABLES = ("leg_a", "leg_b", "leg_c", "coef", "start", "gstart", "m1", "m2")  # 
 @functools.cache
 def plan(la: int, lb: int, lc: int, degree: int, dtype: torch.dtype) -> dict[str, Tensor | int]:
     """Tables for ``Γ: (degree ≤ la) × (degree ≤ lb) -> (degree ≤ lc)`` on the grid exact up to ``degree``."""
-    from .gaunt import SphericalGridTransform  # the tables are the torch path's, so both paths agree
-
     tables = {}
     for role, lmax in (("a", la), ("b", lb), ("c", lc)):
-        t = SphericalGridTransform(lmax, degree)._tables()
+        t = SphericalGridTransform(lmax, degree).tables()
         tables[role] = t["legendre"], t["fourier"]  # [2L+1, n_theta, L+1], [n_phi, 2L+1], float64
     fa, fb, fc = (tables[r][1] for r in "abc")
     k = torch.einsum("ja,jb,jc->cab", fa, fb, fc)  # [2Lc+1, 2La+1, 2Lb+1], exact: φ grid has degree + 1 nodes
