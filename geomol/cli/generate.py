@@ -101,6 +101,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
         "temperature": float_option(cfg, "temperature", positive=True, optional=True),
         "seed": int_option(cfg, "seed"),
     }
+    precision = str(cfg.precision)
+    if precision not in ("32", "bf16"):
+        raise ValueError(f"precision must be 32 or bf16, got {cfg.precision!r}")
     grid = int_option(cfg, "grid", minimum=1)
     progress, trust = bool_option(cfg, "progress"), bool_option(cfg, "trust_checkpoint")
     n_atoms = OmegaConf.to_container(cfg.n_atoms) if OmegaConf.is_list(cfg.n_atoms) else cfg.n_atoms
@@ -123,7 +126,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     regressor = load_regressor(cfg.regressor, device, trust) if cfg.regressor else None
     condition = OmegaConf.to_container(cfg.condition)
     start = time.perf_counter()
-    mols = task.sample(num, condition=condition, n_atoms=n_atoms, progress=progress, **opts)
+    mols = task.sample(num, condition=condition, n_atoms=n_atoms, progress=progress, precision=precision, **opts)
     seconds = time.perf_counter() - start
     metrics = molecule_metrics(mols)
     metrics["molecules_per_second"] = len(mols) / seconds

@@ -10,6 +10,7 @@ same percentile as the requested value.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -90,6 +91,12 @@ class AtomCounts:
 
 
 @torch.no_grad()
+def _precision(precision: str, device: torch.device):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def euler_sample(
     field: torch.nn.Module,
     flow: MolecularFlow,
@@ -100,6 +107,7 @@ def euler_sample(
     temperature: float = 0.05,
     generator: torch.Generator | None = None,
     on_step: Callable[[], None] | None = None,
+    precision: str = "32",
 ) -> tuple[MoleculeState, Tensor, Tensor]:
     """Integrate the flow from the prior to molecules with the given numbers of atoms.
 
@@ -113,12 +121,17 @@ def euler_sample(
         temperature: softmax temperature of the token draws (``< 1`` sharpens).
         generator: random generator on the field's device.
         on_step: called after every Euler step (progress bars).
+        precision: ``"32"``, or ``"bf16"``: the field runs under bfloat16 autocast (its matrix products in
+            bfloat16, as ``trainer.precision=bf16-mixed`` trains it); its outputs return to float32, so the
+            integration, softmaxes and token draws do not change precision.
 
     Returns:
         (molecule state, batch ``[N]``, pairs ``[2, P]``); no token is left in its mask state.
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
+    if precision not in ("32", "bf16"):
+        raise ValueError(f"precision must be 32 or bf16, got {precision!r}")
     n_atoms = torch.as_tensor(n_atoms, dtype=torch.long)
     if n_atoms.dim() != 1 or n_atoms.numel() == 0 or bool((n_atoms < 1).any()):
         raise ValueError("n_atoms must be a non-empty 1-D list of positive atom counts")
@@ -139,16 +152,19 @@ def euler_sample(
     alphas = flow.alphas(times)
     for k in range(steps):
         t, dt = float(times[k]), float(times[k + 1] - times[k])
-        out = field(
-            state.atom_type,
-            state.charge,
-            state.pos,
-            state.bond_type,
-            pairs,
-            torch.full((num_graphs,), t, device=device, dtype=dtype),
-            batch,
-            condition,
-        )
+        with _precision(precision, device):
+            out = field(
+                state.atom_type,
+                state.charge,
+                state.pos,
+                state.bond_type,
+                pairs,
+                torch.full((num_graphs,), t, device=device, dtype=dtype),
+                batch,
+                condition,
+            )
+        if precision != "32":  # the integration, softmaxes and token draws stay float32
+            out = type(out)(*(x.to(dtype) if torch.is_tensor(x) and x.is_floating_point() else x for x in out))
         a_t = {m: float(alphas[m][k]) for m in alphas}
         a_s = {m: float(alphas[m][k + 1]) for m in alphas}
         pos = position_step(state.pos, out.pos, a_t["x"], a_s["x"])

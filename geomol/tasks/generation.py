@@ -338,6 +338,7 @@ class GenerationTask(GeomolTask):
         batch_size: int | None = None,
         seed: int | None = None,
         progress: bool = False,
+        precision: str = "32",
     ) -> list[Chem.Mol]:
         """Generate molecules as RDKit molecules with 3D conformers (sanitized where RDKit accepts them).
 
@@ -350,6 +351,8 @@ class GenerationTask(GeomolTask):
             n_atoms: atoms per molecule (one number or one per molecule); default: drawn from the
                 training molecules, at the percentile of the requested property values.
             steps, eta, temperature, batch_size: override ``hparams.sampling``.
+            precision: ``"32"`` or ``"bf16"`` (the vector field under bfloat16 autocast; see
+                :func:`~geomol.flows.sampler.euler_sample`).
             seed: seed of the prior, atom counts and token draws.
             progress: show a progress bar over steps × batches (stderr).
 
@@ -363,6 +366,8 @@ class GenerationTask(GeomolTask):
                 opts[key] = value
         if opts["batch_size"] < 1:
             raise ValueError(f"batch_size must be at least 1, got {opts['batch_size']}")
+        if precision not in ("32", "bf16"):
+            raise ValueError(f"precision must be 32 or bf16, got {precision!r}")
         cpu_gen = torch.Generator().manual_seed(seed) if seed is not None else None
         dev_gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         values = self._condition_values(condition, num_molecules, cpu_gen)
@@ -390,6 +395,7 @@ class GenerationTask(GeomolTask):
                     temperature=float(opts["temperature"]),
                     generator=dev_gen,
                     on_step=bar.update,
+                    precision=precision,
                 )
             except (torch.OutOfMemoryError, RuntimeError) as err:
                 if not is_out_of_memory(err):
