@@ -154,16 +154,18 @@ def check_overrides(name: str, argv: Sequence[str]) -> tuple[DictConfig, DictCon
     overrides, check = _search_path_overrides(argv)
     if not check or any("," in o.split("=", 1)[-1] and "[" not in o for o in overrides):
         return None
+    key = lambda o: o.lstrip("+~").split("=", 1)[0]  # noqa: E731
+    folders = [Path(CONFIG_DIR), *(Path(o.split("file://", 1)[1].rstrip("]")) for o in overrides if "file://" in o)]
+    groups = {p.name for folder in folders if folder.is_dir() for p in folder.iterdir() if p.is_dir()}
+    choices = [o for o in overrides if key(o) in groups or key(o).startswith("hydra.")]
     try:
         cfg = _compose(name, overrides)
-        key = lambda o: o.lstrip("+~").split("=", 1)[0]  # noqa: E731
-        choices = [o for o in overrides if "." not in key(o) or key(o) == "hydra.searchpath"]
         base = _compose(name, choices)
     except Exception as err:
         raise ValueError(config_error(err, name, overrides)) from None
     finally:
         GlobalHydra.instance().clear()
-    values = [key(o) for o in overrides if "." in key(o) and not o.startswith("~") and not key(o).startswith("hydra.")]
+    values = [key(o) for o in overrides if o not in choices and not o.startswith("~")]
     return cfg, base, values
 
 

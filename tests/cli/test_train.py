@@ -225,7 +225,7 @@ def test_several_loggers_at_once(tmp_path):
 @pytest.mark.parametrize(
     "override,message",
     [
-        ("seed=abc", "seed must be a whole number, got 'abc'"),
+        ("seed=abc", "seed must be a whole number (default 42), got 'abc'"),
         ("trainer.max_epochs=abc", "trainer.max_epochs must be a whole number (default 300), got 'abc'"),
         ("trainer.max_epochs=2.5", "trainer.max_epochs must be a whole number (default 300), got 2.5"),
         ("model.optimizer.lr=abc", "model.optimizer.lr must be a finite number (default 0.0005), got 'abc'"),
@@ -239,6 +239,7 @@ def test_several_loggers_at_once(tmp_path):
             "trainer.devices must be auto, a count (-1: all), or a list of device indices, got ['a']",
         ),
         ("trainer.enable_progress_bar=3", "trainer.enable_progress_bar must be true or false, got 3"),
+        ("test=maybe", "test must be true or false, got 'maybe'"),
         ("data.root={file}", "data.root {file}: {file} is a file, not a folder"),
         ("hydra.run.dir={file}/run", "hydra.run.dir {file}/run: {file} is a file, not a folder"),
     ],
