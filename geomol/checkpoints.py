@@ -107,6 +107,12 @@ def load_task(
     if expected_tuple and not issubclass(cls, expected_tuple):
         wanted = " or ".join(c.__name__ for c in expected_tuple)
         raise ValueError(f"checkpoint {path} holds a {cls.__name__}, but a {wanted} is needed here")
+    for key, value in ckpt["state_dict"].items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(
+                f"checkpoint {path} holds non-finite weights (NaN or inf) in {key}: the run diverged; "
+                "use an earlier checkpoint"
+            )
     try:
         task = cls(**{**hyper_parameters, **dict(overrides or {})})
         task.on_load_checkpoint(ckpt)

@@ -75,3 +75,15 @@ def test_other_model_type(checkpoint, tmp_path):
     torch.save(ckpt, other)
     with pytest.raises(ValueError, match="holds a ImageTask, but a PropertyTask is needed"):
         load_task(other, expected=PropertyTask)
+
+
+def test_non_finite_weights_are_refused(checkpoint, tmp_path):
+    ckpt = torch.load(checkpoint, weights_only=True)
+    key = next(k for k, v in ckpt["state_dict"].items() if v.is_floating_point())
+    ckpt["state_dict"][key] = ckpt["state_dict"][key].clone().fill_(float("nan"))
+    bad = tmp_path / "diverged.ckpt"
+    torch.save(ckpt, bad)
+    with pytest.raises(
+        ValueError, match=rf"checkpoint {bad} holds non-finite weights \(NaN or inf\) in {key}: the run diverged"
+    ):
+        load_task(bad)

@@ -4,15 +4,23 @@ Group elements are 2×2 matrices ``[..., 2, 2]`` acting on image coordinates ``(
 Both groups factor by the polar decomposition ``g = P·R`` with ``P`` symmetric positive definite and
 ``R ∈ SO(2)`` (``det P = 1`` for SL(2)); the paper builds its global chart and its sampling scheme on it:
 
-* chart ``ξ⁻¹(g) = (log P, angle of R)``, a diffeomorphism onto ``Sym(2) × (-π, π]`` (traceless ``Sym``
-  for SL(2)), used as kernel input instead of the group logarithm, which is not surjective on these
-  non-compact groups;
-* samples ``g = exp(X)·R(θ)`` with ``X`` Gaussian in ``Sym(2)`` (log-normal SPD factor) and ``θ``
-  uniform or on an equidistant grid — each factor is sampled on its own.
+* chart ``ξ⁻¹(g) = (log P, angle of R)``, a diffeomorphism onto ``Sym(2) × (angle interval)`` (traceless
+  ``Sym`` for SL(2)), used as kernel input instead of the group logarithm, which is not surjective on these
+  non-compact groups. The angle lies in ``[0, 2π)`` in the authors' code (``SO2.normalize``,
+  ``angle_chart="positive"``) or in ``(-π, π]`` (geomol's ``angle_chart="centred"``, continuous at the
+  identity);
+* samples ``g = P(X)·R(θ)`` with ``X`` Gaussian in ``Sym(2)`` and ``θ`` on an angle grid or uniform, each
+  factor drawn on its own. The authors' law (``spd_law="authors"``, rgenn ``LogNormalSPD2`` and
+  ``GLn.sample_pair``) is ``S = exp(X)``, ``g = S^½·R``, i.e. ``log P = X/2``; geomol's (``spd_law="geomol"``)
+  is ``P = exp(X)``. With the paper's variance 0.1 of ``X`` the chart coordinates of ``log P`` have
+  variance 0.025 (authors) or 0.1 (geomol). The authors' equidistant angles are ``linspace(-π, π, N)``
+  (``angles="linspace"``: both ends are the half turn); geomol's ``angles="equidistant"`` is the
+  centred regular N-gon ``π(2k + 1 - N)/N``.
 
 Layers act on feature maps over R² × {group samples}, ``[B, C, N, H, W]``, and approximate the group
-integrals by Monte Carlo over the ``N`` samples, with kernels given by a SIREN of the transformed
-offset and the chart coordinates:
+integrals over the ``N`` samples (the authors sum the Monte Carlo terms, ``sample_reduce="sum"``;
+``"mean"`` divides by ``N``), with kernels given by a SIREN of the transformed offset and the chart
+coordinates:
 
 * lifting:  ``(k ⋆ f)(x, h) = ∫ k(h⁻¹(y - x)) f(y) dy / |det h|``
 * group:    ``(k ⋆ f)(x, h) = ∫∫ k(h⁻¹(y - x), ξ⁻¹(h⁻¹h')) f(y, h') dy dμ(h') / |det h|``
@@ -23,7 +31,27 @@ As in the authors' implementation the Monte Carlo samples are not importance-wei
 set ``S``, the layers satisfy ``L(f∘A⁻¹, S) = L(f, A⁻¹S)∘A⁻¹`` exactly when ``A`` maps the pixel grid
 and kernel window onto themselves (quarter turns) and up to the pixel grid otherwise; pooled outputs
 become invariant as far as ``A⁻¹S`` and ``S`` are alike, i.e. as the samples fill the group (the
-sampler's law is rotation invariant with uniform angles, and under the grid's turns with equidistant ones).
+sampler's law is rotation invariant with uniform angles, and under the grid's turns with geomol's
+equidistant ones; ``linspace(-π, π, N)`` repeats the half turn and is closed under no turn but the identity).
+
+Conventions, authors' code (github.com/mirceamironenco/rgenn) vs geomol's own, and the switches:
+
+=====================  ==========================================  ==========================================
+switch                 authors                                     geomol
+=====================  ==========================================  ==========================================
+``spd_law``            ``"authors"``: ``g = exp(X)^½·R``           ``"geomol"``: ``g = exp(X)·R``
+``angles``             ``"linspace"``: ``linspace(-π, π, N)``      ``"equidistant"``: centred N-gon
+``angle_chart``        ``"positive"``: ``[0, 2π)``                 ``"centred"``: ``(-π, π]``
+``mask_type``          ``"authors"``: hard disk on the offsets     ``"smooth"``: sigmoid taper on all
+                       (SL(2)), sigmoid taper on all coordinates   coordinates
+                       (GL⁺(2))
+``offsets``            ``"affine_grid"``: ``±(k-1)/k`` (±0.8, k=5)  ``"unit"``: ``±1``
+``sample_reduce``      ``"sum"``                                   ``"mean"``
+``siren_bias_init``    ``"zero"``: hidden sine biases 0            ``"uniform"``: PyTorch's default
+=====================  ==========================================  ==========================================
+
+The layers' defaults are geomol's (the equivariance tests pin them); ``experiment=affine_cnn_mnist``
+selects the authors'.
 """
 
 from __future__ import annotations
@@ -51,8 +79,20 @@ __all__ = [
     "pool_spatial",
 ]
 
-AngleSampling = Literal["equidistant", "uniform"]
+AngleSampling = Literal["equidistant", "linspace", "uniform"]
+AngleChart = Literal["centred", "positive"]
 SPDSampling = Literal["random", "quasi"]
+SPDLaw = Literal["geomol", "authors"]
+MaskType = Literal["smooth", "circular", "authors"]
+OffsetGrid = Literal["unit", "affine_grid"]
+SampleReduce = Literal["mean", "sum"]
+SirenBiasInit = Literal["uniform", "zero"]
+
+_ANGLE_CHARTS = ("centred", "positive")
+_MASK_TYPES = ("smooth", "circular", "authors")
+_OFFSET_GRIDS = ("unit", "affine_grid")
+_SAMPLE_REDUCES = ("mean", "sum")
+_SIREN_BIAS_INITS = ("uniform", "zero")
 
 # Below this, ratios like atanh(s)/s and sinh(r)/r switch to their Taylor series (error < 1e-16).
 _SMALL = 1e-4
