@@ -1,8 +1,18 @@
 """Affine-invariant image classifiers: :class:`AffineCNN` (Mironenco & Forré, ICLR 2024) and its plain twin.
 
-Both share one layout, so a benchmark between them isolates the group structure:
+Two layouts (``layout``):
+
+* ``"geomol"`` (shared with :class:`PlainCNN`, so a benchmark between them isolates the group structure)::
 
     stem conv → norm → GELU → [2×2 max-pool → residual block] × num_blocks → global max → MLP
+
+* ``"authors"`` (rgenn ``GResNet`` as their ``train.py`` builds it; ``num_blocks=1`` is their
+  ``--nlayers 2``)::
+
+    lifting conv → LN → GELU → [residual block → LN → 2×2 max-pool → GELU] × num_blocks
+    → unpadded group conv → LN → GELU → global max → MLP
+
+  with blocks ``GELU(x + GELU(LN(conv(GELU(LN(conv(x)))))))`` (activation before the add).
 
 :class:`AffineCNN` lifts the image to R² × {samples of GL⁺(2) or SL(2)} and uses group convolutions
 (:mod:`geomol.nn.liegroup`); its global max runs over (group, H, W), so the logits are invariant to the
@@ -21,20 +31,37 @@ from geomol.nn.liegroup import GroupConv, GroupLayerNorm, GroupRMSNorm, LiftingC
 
 __all__ = ["AffineCNN", "PlainCNN"]
 
+_LAYOUTS = ("geomol", "authors")
+_SAMPLE_SETS = ("shared", "per_layer")
+
 
 class _ResidualBlock(nn.Module):
     """``GELU(x + norm(conv(GELU(norm(conv(x))))))``; extra forward arguments go to both convolutions.
 
-    When the convolutions grow the maps ("full" padding), ``x`` is zero-padded to their size.
+    With ``act_before_add`` (the authors' ``GSimpleBlock``) the second branch is activated before the add:
+    ``GELU(x + GELU(norm(conv(GELU(norm(conv(x)))))))``. When the convolutions grow the maps ("full"
+    padding), ``x`` is zero-padded to their size.
     """
 
-    def __init__(self, conv1: nn.Module, conv2: nn.Module, channels: int, zero_background: bool) -> None:
+    def __init__(
+        self,
+        conv1: nn.Module,
+        conv2: nn.Module,
+        channels: int,
+        zero_background: bool,
+        norm_affine: bool = True,
+        act_before_add: bool = False,
+    ) -> None:
         super().__init__()
         self.conv1, self.conv2 = conv1, conv2
-        self.norm1, self.norm2 = _norm(channels, zero_background), _norm(channels, zero_background)
+        self.norm1 = _norm(channels, zero_background, norm_affine)
+        self.norm2 = _norm(channels, zero_background, norm_affine)
+        self.act_before_add = act_before_add
 
     def forward(self, x: Tensor, *conv_args: Tensor) -> Tensor:  # [B, C, (N,) H, W] -> [B, C, (N,) H', W']
         h = self.norm2(self.conv2(F.gelu(self.norm1(self.conv1(x, *conv_args))), *conv_args))
+        if self.act_before_add:
+            h = F.gelu(h)
         grow = (h.shape[-1] - x.shape[-1]) // 2  # "full" convolutions grow the maps; zeros extend the background
         return F.gelu(F.pad(x, (grow,) * 4) + h)
 
@@ -58,9 +85,10 @@ def _paddings(stem_kernel_size: int, kernel_size: int, zero_background: bool) ->
     return 0, kernel_size // 2
 
 
-def _norm(channels: int, zero_background: bool) -> nn.Module:
-    """The feature norm: :class:`GroupRMSNorm` (zeros stay zeros) with ``zero_background``, else layer norm."""
-    return GroupRMSNorm(channels) if zero_background else GroupLayerNorm(channels)
+def _norm(channels: int, zero_background: bool, affine: bool = True) -> nn.Module:
+    """The feature norm: :class:`GroupRMSNorm` (zeros stay zeros) with ``zero_background``, else layer norm;
+    ``affine=False`` drops their per-channel parameters (the authors' ``LayerNorm3d``)."""
+    return GroupRMSNorm(channels, affine=affine) if zero_background else GroupLayerNorm(channels, affine=affine)
 
 
 _HEAD_NORMS = {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}
@@ -92,10 +120,18 @@ class AffineCNN(nn.Module):
     input and output on the same samples). With ``resample=True`` (the paper's scheme) training draws
     a new set at every step, from a stream seeded by ``seed`` (the step count is a buffer, so a resumed
     run continues the stream); with ``resample=False`` training uses the same fixed set as eval mode,
-    whose set is always the same, so evaluation is deterministic. ``eval_num_samples`` may differ
-    from ``num_samples`` (kernels are continuous in the group), but with equidistant angles the kernels
-    were only trained on the training grid's relative turns: keep the two equal there (in our short
+    whose set is always the same unless ``eval_resample``, so evaluation is deterministic. ``eval_num_samples``
+    may differ from ``num_samples`` (kernels are continuous in the group), but with equidistant angles the
+    kernels were only trained on the training grid's relative turns: keep the two equal there (in our short
     CPU runs a denser eval grid lost accuracy).
+
+    The defaults are geomol's conventions (the layers' defaults, which the equivariance tests pin);
+    ``experiment=affine_cnn_mnist`` switches to the authors' (github.com/mirceamironenco/rgenn):
+    ``layout="authors"``, ``num_blocks=1``, ``norm_affine=False``, ``conv_bias=False``, ``spd_law="authors"``,
+    ``angles="linspace"``, ``angle_chart="positive"``, ``mask_type="authors"``, ``offsets="affine_grid"``,
+    ``sample_reduce="sum"``, ``siren_bias_init="zero"``, ``eval_resample=True``, ``head_norm="layer"``:
+    339,102 parameters for SL(2) at 40 channels and SIRENs 60 wide (339,282 for GL⁺(2)), as their
+    ``train.py`` counts.
 
     Args:
         num_classes: number of classes (given by the task).
@@ -104,13 +140,24 @@ class AffineCNN(nn.Module):
         num_samples: group samples per forward pass in training.
         eval_num_samples: samples in eval mode (default ``num_samples``).
         channels: feature channels of every layer.
-        num_blocks: residual group-conv blocks, each after a 2×2 spatial max-pool.
+        num_blocks: residual group-conv blocks (``"geomol"``: each after a 2×2 spatial max-pool;
+            ``"authors"``: each followed by LN, pool, GELU; their ``--nlayers`` is ``num_blocks + 1``).
         stem_kernel_size: lifting window (unpadded, as in the paper).
         kernel_size: group-conv window.
-        hidden_features, siren_layers, omega_0: SIREN kernel networks.
-        mask_radius, mask_slope: smooth kernel mask (see :class:`~geomol.nn.liegroup.LiftingConv`).
-        spd_std: std of the log-normal SPD factor's chart coordinates (paper: variance 0.1).
-        angles: rotation sampling, ``"equidistant"`` or ``"uniform"``.
+        hidden_features, siren_layers, omega_0: SIREN kernel networks (``siren_layers`` sine layers; the
+            authors' ``--inr_nlayers 2`` is 3 of them).
+        mask_radius, mask_slope, mask_type: kernel mask (``"smooth"``, ``"circular"`` or ``"authors"``; see
+            :meth:`~geomol.nn.liegroup.LiftingConv.mask`).
+        offsets: kernel offset grid, ``"unit"`` (``±1``) or ``"affine_grid"`` (the authors' ``±(k-1)/k``).
+        siren_bias_init: ``"uniform"`` or ``"zero"`` (the authors' zero hidden sine biases).
+        sample_reduce: group convolutions ``"mean"`` or ``"sum"`` (the authors') over the input samples.
+        angle_chart: the kernel's relative angle in ``"centred"`` ``(-π, π]`` or ``"positive"`` ``[0, 2π)``
+            (the authors').
+        spd_std: std of the Gaussian ``X`` of the SPD factor (paper: variance 0.1).
+        spd_law: ``"geomol"`` (``P = exp(X)``) or ``"authors"`` (``S = exp(X)``, ``g = S^½·R``: a quarter of
+            the log-variance); see :meth:`~geomol.nn.liegroup.LinearGroup2.sample`.
+        angles: rotation sampling, ``"equidistant"`` (centred N-gon), ``"linspace"`` (the authors'
+            ``linspace(-π, π, N)``) or ``"uniform"``.
         angle_range: fraction of the circle the rotation samples cover (1: all of it).
         eval_angles, eval_angle_range, eval_spd_std: the eval-mode set's angle sampling, angle range
             and SPD spread (default: as in training). A fixed eval set narrower than the training draws
@@ -127,10 +174,24 @@ class AffineCNN(nn.Module):
             :class:`~geomol.nn.liegroup.GroupConv`).
         resample: draw new samples at every training step; False trains on the fixed eval-mode set
             (of ``num_samples`` elements), which removes the sampling noise from the gradients.
+        eval_resample: draw new samples at every eval-mode forward pass too (the authors'
+            ``sample_inference=True``), from a stream of its own; False: one fixed eval set.
+        sample_sets: ``"shared"``: one set for all layers. ``"per_layer"``: the authors' ``SamplingWrapper``,
+            where every sampled layer (lifting, each block, the final conv) draws its own set and reads its
+            input as lying on the previous layer's draw: the lifting outputs on draw 0, block ``b`` (from 1)
+            maps draw ``b - 1`` to itself, the final conv maps draw ``B`` to draw ``B + 1``. But block ``b``'s
+            input lies on draw ``b - 2`` (``b >= 2``) and the final conv's on draw ``B - 1``: their kernels'
+            relative elements are not those of the features' samples, so the network is no longer the
+            Monte Carlo estimate of an equivariant one (with equidistant angles only the SPD factors
+            differ between draws). Kept as an option to reproduce their code.
         transform: what the group samples act on in every layer: ``"kernel"`` (the paper: SIRENs
             evaluated at transformed offsets) or ``"signal"`` (images and feature maps resampled by the
             samples, kernels on the fixed pixel grid); the same network in the continuum, see
             :class:`~geomol.nn.liegroup.LiftingConv`.
+        layout: ``"geomol"`` or ``"authors"`` (see the module docstring).
+        norm_affine: per-channel parameters in the feature norms (the authors' ``LayerNorm3d`` has none).
+        conv_bias: per-channel biases in the lifting and group convolutions (None: unless
+            ``zero_background``; the authors' have none).
         zero_background: bias-free convolutions, RMS norms (:class:`~geomol.nn.liegroup.GroupRMSNorm`)
             and "full" convolutions (padding ``k - 1``: each map grows to hold a pattern's whole
             response), so an empty canvas region has exactly zero features, the zero padding continues
@@ -159,7 +220,13 @@ class AffineCNN(nn.Module):
         omega_0: float = 10.0,
         mask_radius: float | None = 1.0,
         mask_slope: float = 2.0,
+        mask_type: str = "smooth",
+        offsets: str = "unit",
+        siren_bias_init: str = "uniform",
+        sample_reduce: str = "mean",
+        angle_chart: str = "centred",
         spd_std: float = math.sqrt(0.1),
+        spd_law: str = "geomol",
         angles: str = "equidistant",
         angle_range: float = 1.0,
         eval_angles: str | None = None,
@@ -169,7 +236,12 @@ class AffineCNN(nn.Module):
         spd_cycle: int = 0,
         mix_samples: bool = True,
         resample: bool = True,
+        eval_resample: bool = False,
+        sample_sets: str = "shared",
         transform: str = "kernel",
+        layout: str = "geomol",
+        norm_affine: bool = True,
+        conv_bias: bool | None = None,
         zero_background: bool = False,
         head_hidden: int = 256,
         head_norm: str = "batch",
@@ -181,72 +253,125 @@ class AffineCNN(nn.Module):
             raise ValueError(
                 f"num_samples and eval_num_samples must be positive, got {num_samples}, {eval_num_samples}"
             )
+        if layout not in _LAYOUTS:
+            raise ValueError(f"layout must be one of {_LAYOUTS}, got {layout!r}")
+        if sample_sets not in _SAMPLE_SETS:
+            raise ValueError(f"sample_sets must be one of {_SAMPLE_SETS}, got {sample_sets!r}")
+        if num_blocks < 0:
+            raise ValueError(f"num_blocks must be non-negative, got {num_blocks}")
+        if zero_background and conv_bias:
+            raise ValueError("zero_background needs bias-free convolutions; conv_bias=True contradicts it")
+        if sample_sets == "per_layer" and layout == "authors" and not mix_samples:
+            raise ValueError(
+                "sample_sets='per_layer' gives the final group conv different input and output sets, "
+                "which needs mix_samples=True"
+            )
         self.group = get_group(group)
         self.num_samples, self.eval_num_samples = num_samples, eval_num_samples or num_samples
         self.sampler = dict(
-            spd_std=spd_std, angles=angles, angle_range=angle_range, spd_sampling=spd_sampling, spd_cycle=spd_cycle
+            spd_std=spd_std,
+            angles=angles,
+            angle_range=angle_range,
+            spd_sampling=spd_sampling,
+            spd_cycle=spd_cycle,
+            spd_law=spd_law,
         )
         overrides = dict(angles=eval_angles, angle_range=eval_angle_range, spd_std=eval_spd_std)
         self.eval_sampler = self.sampler | {key: value for key, value in overrides.items() if value is not None}
         self.seed, self.resample, self.zero_background = seed, resample, zero_background
+        self.eval_resample, self.sample_sets, self.layout = eval_resample, sample_sets, layout
+        self._eval_draws = 0  # eval-mode draws so far (eval_resample); not saved, a fresh module starts over
         kernel_args = dict(
             hidden_features=hidden_features,
             num_layers=siren_layers,
             omega_0=omega_0,
             mask_radius=mask_radius,
             mask_slope=mask_slope,
+            mask_type=mask_type,
+            offsets=offsets,
+            siren_bias_init=siren_bias_init,
             transform=transform,
-            bias=not zero_background,
+            bias=(not zero_background) if conv_bias is None else conv_bias,
         )
+        group_args = dict(kernel_args, mix_samples=mix_samples, sample_reduce=sample_reduce, angle_chart=angle_chart)
         stem_padding, padding = _paddings(stem_kernel_size, kernel_size, zero_background)
         self.lift = LiftingConv(
             self.group, in_channels, channels, stem_kernel_size, padding=stem_padding, **kernel_args
         )
-        self.lift_norm = _norm(channels, zero_background)
+        self.lift_norm = _norm(channels, zero_background, norm_affine)
         self.blocks = nn.ModuleList(
             _ResidualBlock(
                 *(
-                    GroupConv(
-                        self.group,
-                        channels,
-                        channels,
-                        kernel_size,
-                        mix_samples=mix_samples,
-                        padding=padding,
-                        **kernel_args,
-                    )
+                    GroupConv(self.group, channels, channels, kernel_size, padding=padding, **group_args)
                     for _ in range(2)
                 ),
                 channels,
                 zero_background,
+                norm_affine=norm_affine,
+                act_before_add=layout == "authors",
             )
             for _ in range(num_blocks)
         )
+        if layout == "authors":
+            # GResNet: LN → pool → GELU after each block, then one more (unpadded) group conv → LN → GELU.
+            self.block_norms = nn.ModuleList(_norm(channels, zero_background, norm_affine) for _ in range(num_blocks))
+            final_padding = kernel_size - 1 if zero_background else 0
+            self.final = GroupConv(self.group, channels, channels, kernel_size, padding=final_padding, **group_args)
+            self.final_norm = _norm(channels, zero_background, norm_affine)
         self.head = _head(channels, head_hidden, num_classes, dropout, head_norm)
         self.register_buffer("sample_step", torch.zeros((), dtype=torch.long))
         # Fail at construction, not at the first step, on a bad sampler setting.
         self.group.sample(1, **self.sampler)
         self.group.sample(1, **self.eval_sampler)
 
-    def group_samples(self) -> Tensor:
-        """This forward pass's samples ``[N, 2, 2]`` (float64; each layer casts what it derives)."""
+    @property
+    def num_sample_sets(self) -> int:
+        """Sets one forward pass uses: 1 (``"shared"``), else one per sampled layer (lifting, blocks, final)."""
+        if self.sample_sets == "shared":
+            return 1
+        return len(self.blocks) + 2 if self.layout == "authors" else max(len(self.blocks), 1)
+
+    def _generator(self) -> torch.Generator:
         if self.training and self.resample:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.sample_step) + 1)
             self.sample_step += 1
+        elif not self.training and self.eval_resample:
+            # Offset by 2³¹ from the training stream (the CPU generator keeps only a seed's low 32 bits).
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + (1 << 31) + self._eval_draws)
+            self._eval_draws += 1
         else:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003)
+        return generator
+
+    def group_sample_sets(self) -> list[Tensor]:
+        """This forward pass's sample sets ``[N, 2, 2]`` (float64), one per sampled layer with
+        ``sample_sets="per_layer"``, else one; the first is :meth:`group_samples`'s."""
+        generator = self._generator()
         if self.training:
-            samples = self.group.sample(self.num_samples, generator=generator, **self.sampler)
+            num, sampler = self.num_samples, self.sampler
         else:
-            samples = self.group.sample(self.eval_num_samples, generator=generator, **self.eval_sampler)
-        return samples.to(self.sample_step.device)
+            num, sampler = self.eval_num_samples, self.eval_sampler
+        sets = [self.group.sample(num, generator=generator, **sampler) for _ in range(self.num_sample_sets)]
+        return [samples.to(self.sample_step.device) for samples in sets]
+
+    def group_samples(self) -> Tensor:
+        """This forward pass's samples ``[N, 2, 2]`` (float64; each layer casts what it derives)."""
+        return self.group_sample_sets()[0]
 
     def forward(self, x: Tensor) -> Tensor:
         """Shapes: images ``[B, C_in, H, W]`` -> logits ``[B, num_classes]``."""
-        samples = self.group_samples()
-        h = F.gelu(self.lift_norm(self.lift(x, samples)))  # [B, C, N, H', W']
-        for block in self.blocks:
-            h = block(_pool(h, self.zero_background), samples)
+        sets = self.group_sample_sets()
+        if len(sets) == 1:  # "shared": every layer on the one set
+            sets = sets * (len(self.blocks) + 2)
+        h = F.gelu(self.lift_norm(self.lift(x, sets[0])))  # [B, C, N, H', W']
+        if self.layout == "geomol":
+            for b, block in enumerate(self.blocks):
+                h = block(_pool(h, self.zero_background), sets[b])
+        else:
+            for b, (block, norm) in enumerate(zip(self.blocks, self.block_norms)):
+                h = F.gelu(_pool(norm(block(h, sets[b])), self.zero_background))
+            last = len(self.blocks)
+            h = F.gelu(self.final_norm(self.final(h, sets[last], sets[last + 1])))
         return self.head(h.amax(dim=(2, 3, 4)))
 
 

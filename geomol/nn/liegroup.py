@@ -45,7 +45,7 @@ switch                 authors                                     geomol
 ``mask_type``          ``"authors"``: hard disk on the offsets     ``"smooth"``: sigmoid taper on all
                        (SL(2)), sigmoid taper on all coordinates   coordinates
                        (GL⁺(2))
-``offsets``            ``"affine_grid"``: ``±(k-1)/k`` (±0.8, k=5)  ``"unit"``: ``±1``
+``offsets``            ``"affine_grid"``: ±(k-1)/k (±0.8, k=5)     ``"unit"``: ±1
 ``sample_reduce``      ``"sum"``                                   ``"mean"``
 ``siren_bias_init``    ``"zero"``: hidden sine biases 0            ``"uniform"``: PyTorch's default
 =====================  ==========================================  ==========================================
@@ -70,6 +70,7 @@ __all__ = [
     "GL2",
     "SL2",
     "get_group",
+    "kernel_offsets",
     "SirenKernel",
     "LiftingConv",
     "GroupConv",
@@ -212,14 +213,27 @@ class LinearGroup2:
         p = g @ r.transpose(-1, -2)
         return 0.5 * (p + p.transpose(-1, -2)), r
 
-    def log_chart(self, g: Tensor) -> Tensor:
-        """The global chart ``ξ⁻¹(g) = (log P, angle of R) [..., dim]``, angle in ``(-π, π]``."""
+    def log_chart(self, g: Tensor, angle_chart: AngleChart = "centred") -> Tensor:
+        """The global chart ``ξ⁻¹(g) = (log P, angle of R) [..., dim]``.
+
+        Args:
+            g: group elements ``[..., 2, 2]``.
+            angle_chart: the angle's interval. ``"centred"``: ``(-π, π]``, continuous at the identity
+                (jumps at the half turn). ``"positive"``: ``[0, 2π)``, the authors' ``SO2.matrix_to_radians``
+                (``atan2`` taken modulo 2π), which jumps at the identity: turns just below 0 get angles
+                near 2π.
+        """
+        if angle_chart not in _ANGLE_CHARTS:
+            raise ValueError(f"angle_chart must be one of {_ANGLE_CHARTS}, got {angle_chart!r}")
         p, r = self.polar(g)
         theta = torch.atan2(r[..., 1, 0], r[..., 0, 0])
-        # The chart jumps at θ = ±π; round-off must not put a half turn on the -π side, or two
-        # equal group elements (e.g. relative angles of an equidistant grid) get different kernels.
-        half_turn = -math.pi + 64 * torch.finfo(theta.dtype).eps * math.pi
-        theta = torch.where(theta <= half_turn, theta + 2 * math.pi, theta)
+        # Each chart jumps somewhere; round-off must not put an element on the far side of the jump, or
+        # two equal group elements (e.g. relative angles of an equidistant grid) get different kernels.
+        tol = 64 * torch.finfo(theta.dtype).eps * math.pi
+        if angle_chart == "centred":  # jump at θ = ±π: a half turn is +π
+            theta = torch.where(theta <= -math.pi + tol, theta + 2 * math.pi, theta)
+        else:  # jump at θ = 0: the identity is 0 (the authors zero |sin θ| < 1e-6 for the same reason)
+            theta = torch.where(theta < -tol, theta + 2 * math.pi, theta.clamp(min=0.0))
         return torch.cat((self.spd_coordinates(spd_log(p)), theta.unsqueeze(-1)), dim=-1)
 
     def exp_chart(self, v: Tensor) -> Tensor:
@@ -238,21 +252,29 @@ class LinearGroup2:
         angle_range: float = 1.0,
         spd_sampling: SPDSampling = "random",
         spd_cycle: int = 0,
+        spd_law: SPDLaw = "geomol",
         generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float64,
         device: torch.device | str | None = None,
     ) -> Tensor:
-        """Draw ``[num_samples, 2, 2]`` elements ``exp(X)·R(θ)`` (CPU generator, float64, then cast).
+        """Draw ``[num_samples, 2, 2]`` elements ``P(X)·R(θ)`` (CPU generator, float64, then cast).
 
         Args:
             num_samples: number of group elements.
-            spd_std: standard deviation of each chart coordinate of ``X = log P`` (log-normal SPD
-                factor); the paper's default variance 0.1 gives ``√0.1``.
+            spd_std: standard deviation of each coordinate of the Gaussian ``X ∈ Sym(2)`` (traceless for
+                SL(2)) in the orthonormal chart basis; the paper's variance 0.1 (the authors'
+                ``spd_bounds``) gives ``√0.1``.
             angles: ``"equidistant"``: the centred grid ``θ_k = r·π·(2k + 1 - N)/N`` (deterministic;
                 for ``r = 1`` a regular N-gon, closed under turns by ``2π/N``);
+                ``"linspace"``: the authors' ``EquiDistantSO2``, ``θ = linspace(-rπ, rπ, N)`` (for ``r = 1``
+                the first and last sample are the same half turn, and the spacing is ``2π/(N - 1)``);
                 ``"uniform"``: i.i.d. uniform on ``[-rπ, rπ]``.
             angle_range: ``r`` in ``(0, 1]``, the fraction of the circle the angles cover (the authors'
                 ``ortho_bounds``); below 1 the layers see only rotations up to ``±rπ``.
+            spd_law: how ``X`` makes the SPD factor. ``"geomol"``: ``P = exp(X)``, so ``log P`` has
+                variance ``spd_std²`` per coordinate. ``"authors"``: rgenn's ``S = exp(X)`` and
+                ``g = S^½·R`` (``GLn.sample_pair``), i.e. ``P = exp(X/2)`` and ``log P`` has variance
+                ``spd_std²/4`` (0.025 for the paper's 0.1).
             spd_sampling: ``"random"``: i.i.d. Gaussian chart coordinates of ``X`` (the paper's sampler);
                 ``"quasi"``: Gaussian quantiles ``spd_std·Φ⁻¹(u_k)`` of the Halton points ``u_k``
                 (deterministic and evenly spread, so a few samples already cover the log-normal law's
@@ -274,6 +296,8 @@ class LinearGroup2:
             raise ValueError(f"angle_range must be in (0, 1], got {angle_range}")
         if spd_cycle < 0:
             raise ValueError(f"spd_cycle must be non-negative, got {spd_cycle}")
+        if spd_law not in ("geomol", "authors"):
+            raise ValueError(f"spd_law must be 'geomol' or 'authors', got {spd_law!r}")
         num_spd = min(spd_cycle, num_samples) or num_samples
         if spd_sampling == "random":
             v = spd_std * torch.randn(num_spd, self.dim - 1, generator=generator, dtype=torch.float64)
@@ -281,14 +305,18 @@ class LinearGroup2:
             v = spd_std * torch.special.ndtri(_halton(num_spd, self.dim - 1))
         else:
             raise ValueError(f"spd_sampling must be 'random' or 'quasi', got {spd_sampling!r}")
+        if spd_law == "authors":
+            v = 0.5 * v  # S = exp(X), P = S^½ = exp(X / 2) (X and S commute)
         half_width = angle_range * math.pi
         if angles == "equidistant":
             k = torch.arange(num_samples, dtype=torch.float64)
             theta = half_width * (2.0 * k + 1.0 - num_samples) / num_samples
+        elif angles == "linspace":
+            theta = torch.linspace(-half_width, half_width, num_samples, dtype=torch.float64)
         elif angles == "uniform":
             theta = half_width * (2.0 * torch.rand(num_samples, generator=generator, dtype=torch.float64) - 1.0)
         else:
-            raise ValueError(f"angles must be 'equidistant' or 'uniform', got {angles!r}")
+            raise ValueError(f"angles must be 'equidistant', 'linspace' or 'uniform', got {angles!r}")
         if spd_cycle == 0:
             g = self.exp_chart(torch.cat((v, theta.unsqueeze(-1)), dim=-1))
         else:
@@ -348,16 +376,21 @@ def get_group(group: str | LinearGroup2) -> LinearGroup2:
 class SirenKernel(nn.Module):
     """SIREN (Sitzmann et al. 2020): ``sin(ω₀(Wx + b))`` layers, then a linear map to the kernel values.
 
-    Initialization follows SIREN (first layer ``U(±1/in)``, hidden ``U(±√(6/in)/ω₀)``); the last layer
-    is scaled by ``1/√fan_in`` of the convolution it feeds, as in the authors' code, and starts unbiased.
+    Weights follow SIREN (first layer ``U(±1/in)``, hidden ``U(±√(6/in)/ω₀)``); the last layer is
+    ``U(±√(6/hidden)/√fan_in)``, scaled by the fan-in of the convolution it feeds, and starts unbiased,
+    as in the authors' code (rgenn ``SineLayer`` and ``INR``, ``final_gain=6``). Sine-layer biases:
+    ``bias_init="zero"`` is the authors' (hidden sine layers start at 0, the first keeps PyTorch's
+    ``U(±1/√in)``); ``"uniform"`` leaves PyTorch's ``U(±1/√in)`` on every sine layer (geomol's
+    earlier default: random phases ``ω₀·b`` of up to ``ω₀/√hidden`` in the hidden layers).
 
     Args:
         in_features: coordinates per point (2 offsets + chart dimension).
         out_features: kernel entries per point (``C_out·C_in``).
         hidden_features: width of the sine layers.
-        num_layers: number of sine layers.
+        num_layers: number of sine layers (the authors' ``inr_nlayers + 1``).
         omega_0: frequency of the sine layers.
         fan_in: fan-in of the convolution (``C_in·k²``) used to scale the last layer.
+        bias_init: ``"uniform"`` or ``"zero"`` (see above).
     """
 
     def __init__(
@@ -368,13 +401,16 @@ class SirenKernel(nn.Module):
         num_layers: int = 3,
         omega_0: float = 10.0,
         fan_in: int = 1,
+        bias_init: SirenBiasInit = "uniform",
     ) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"a SIREN needs at least one sine layer, got num_layers={num_layers}")
         if omega_0 <= 0:
             raise ValueError(f"omega_0 must be positive, got {omega_0}")
-        self.omega_0 = omega_0
+        if bias_init not in _SIREN_BIAS_INITS:
+            raise ValueError(f"siren bias_init must be one of {_SIREN_BIAS_INITS}, got {bias_init!r}")
+        self.omega_0, self.bias_init = omega_0, bias_init
         sizes = [in_features] + [hidden_features] * num_layers
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.out = nn.Linear(hidden_features, out_features)
@@ -382,6 +418,8 @@ class SirenKernel(nn.Module):
             for k, layer in enumerate(self.layers):
                 bound = 1.0 / layer.in_features if k == 0 else math.sqrt(6.0 / layer.in_features) / omega_0
                 layer.weight.uniform_(-bound, bound)
+                if k > 0 and bias_init == "zero":
+                    layer.bias.zero_()
             bound = math.sqrt(6.0 / hidden_features) / math.sqrt(fan_in)
             self.out.weight.uniform_(-bound, bound)
             self.out.bias.zero_()
@@ -412,21 +450,30 @@ class _SampledConv(nn.Module):
         mask_radius: float | None,
         mask_slope: float,
         transform: str,
+        mask_type: MaskType = "smooth",
+        offsets: OffsetGrid = "unit",
+        siren_bias_init: SirenBiasInit = "uniform",
     ) -> None:
         super().__init__()
         if kernel_size < 3 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd and at least 3, got {kernel_size}")
         if transform not in ("kernel", "signal"):
             raise ValueError(f"transform must be 'kernel' or 'signal', got {transform!r}")
-        self.transform = transform
+        if mask_type not in _MASK_TYPES:
+            raise ValueError(f"mask_type must be one of {_MASK_TYPES}, got {mask_type!r}")
+        if offsets not in _OFFSET_GRIDS:
+            raise ValueError(f"offsets must be one of {_OFFSET_GRIDS}, got {offsets!r}")
+        self.transform, self.chart_features = transform, chart_features
         self.group = get_group(group)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.padding = kernel_size, padding
         self.mask_radius, self.mask_slope = mask_radius, mask_slope
-        # Offsets (dx, dy) of the k×k window in units of its half-width: the unit disk touches its edges.
-        r = torch.arange(kernel_size, dtype=torch.get_default_dtype()) - (kernel_size - 1) / 2
-        dy, dx = torch.meshgrid(r, r, indexing="ij")
-        self.register_buffer("offsets", torch.stack((dx, dy), -1).reshape(-1, 2) / ((kernel_size - 1) / 2))
+        self.mask_type = mask_type
+        if mask_type == "authors":  # rgenn GConv2d: circular_mask if volume preserving, else circular_mask_smooth
+            mask_type = "circular" if self.group.volume_preserving else "smooth"
+        self.resolved_mask_type: str = mask_type
+        self.offset_grid = offsets
+        self.register_buffer("offsets", kernel_offsets(kernel_size, offsets))
         self.siren = SirenKernel(
             2 + chart_features,
             out_channels * in_channels,
@@ -434,6 +481,7 @@ class _SampledConv(nn.Module):
             num_layers,
             omega_0,
             fan_in=in_channels * kernel_size**2,
+            bias_init=siren_bias_init,
         )
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
@@ -454,14 +502,20 @@ class _SampledConv(nn.Module):
         return u, torch.ones_like(volume) if self.group.volume_preserving else volume
 
     def mask(self, coords: Tensor) -> Tensor:  # [..., D] -> [..., 1]
-        """Smooth mask ``σ(slope·(radius - |coords|))`` on the kernel's coordinates.
+        """The kernel's mask on its coordinates ``[offsets (2), chart (dim, group convolutions only)]``.
 
-        The defaults are the authors' gentle taper (radius 1, slope 2). A sharper mask (e.g. 0.75, 10)
-        keeps the kernel off the square window's edges, whose cut breaks equivariance, at the price
-        of a smaller effective kernel (slower training in our runs).
+        ``mask_type="smooth"``: ``σ(slope·(radius - |coords|))`` over all coordinates, offsets and chart
+        (the authors' ``circular_mask_smooth``, which their code uses on GL⁺(2) only; radius 1, slope 2).
+        ``"circular"``: the hard disk ``|h⁻¹u| <= radius`` on the two spatial coordinates alone, the
+        chart coordinates ignored (the authors' ``circular_mask``, used on SL(2) and all volume
+        preserving groups). ``"authors"``: circular on SL(2), smooth on GL⁺(2). A sharper smooth mask
+        (e.g. 0.75, 10) keeps the kernel off the square window's edges, whose cut breaks equivariance,
+        at the price of a smaller effective kernel (slower training in our runs).
         """
         if self.mask_radius is None:
             return torch.ones_like(coords[..., :1])
+        if self.resolved_mask_type == "circular":
+            return (coords[..., :2].norm(dim=-1, keepdim=True) <= self.mask_radius).to(coords.dtype)
         return torch.sigmoid(self.mask_slope * (self.mask_radius - coords.norm(dim=-1, keepdim=True)))
 
     def _add_bias(self, y: Tensor) -> Tensor:  # [B, C_out, N, H, W]
@@ -470,9 +524,31 @@ class _SampledConv(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.group.name}, {self.in_channels} -> {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"padding={self.padding}, mask_radius={self.mask_radius}, mask_slope={self.mask_slope}, "
-            f"transform={self.transform!r}"
+            f"padding={self.padding}, mask_type={self.mask_type!r}, mask_radius={self.mask_radius}, "
+            f"mask_slope={self.mask_slope}, offsets={self.offset_grid!r}, transform={self.transform!r}"
+            + (
+                f", sample_reduce={self.sample_reduce!r}, angle_chart={self.angle_chart!r}"
+                if self.chart_features
+                else ""
+            )
         )
+
+
+def kernel_offsets(kernel_size: int, grid: OffsetGrid = "unit", dtype: torch.dtype | None = None) -> Tensor:
+    """Offsets ``(dx, dy)`` of a ``k×k`` window, ``[k², 2]`` row-major (``dx`` along columns, ``dy`` along rows).
+
+    ``"unit"`` (geomol): pixel centres in units of the half-width ``(k - 1)/2``, so the corners' centres
+    are at ``±1`` and the unit disk touches the window's edge centres. ``"affine_grid"`` (the authors'
+    ``get_grid2d``, ``F.affine_grid`` with ``align_corners=False``): units of ``k/2``, the half-width up
+    to the pixels' outer edges, so the centres span ``±(k - 1)/k`` (±0.8 for k = 5) and the circular
+    mask of radius 1 drops exactly the 4 corner pixels of a 5×5 window.
+    """
+    if grid not in _OFFSET_GRIDS:
+        raise ValueError(f"offsets must be one of {_OFFSET_GRIDS}, got {grid!r}")
+    r = torch.arange(kernel_size, dtype=dtype or torch.get_default_dtype()) - (kernel_size - 1) / 2
+    r = r / ((kernel_size - 1) / 2 if grid == "unit" else kernel_size / 2)
+    dy, dx = torch.meshgrid(r, r, indexing="ij")
+    return torch.stack((dx, dy), -1).reshape(-1, 2)
 
 
 def warp(x: Tensor, g: Tensor) -> Tensor:
@@ -519,12 +595,19 @@ class LiftingConv(_SampledConv):
     Args:
         group: ``"gl2"``, ``"sl2"`` or a :class:`LinearGroup2`.
         in_channels, out_channels: channels.
-        kernel_size: odd window size ``k``; offsets ``u`` are measured in units of its half-width.
+        kernel_size: odd window size ``k``.
         padding: zero padding in space.
         bias: learnable per-channel bias.
         hidden_features, num_layers, omega_0: the SIREN kernel network.
-        mask_radius: radius of the smooth mask on the kernel's coordinates; None for no mask.
-        mask_slope: steepness of the mask's edge.
+        mask_radius: radius of the kernel's mask; None for no mask.
+        mask_slope: steepness of the smooth mask's edge.
+        mask_type: ``"smooth"`` (sigmoid taper on all the kernel's coordinates), ``"circular"`` (hard disk
+            on the spatial offsets) or ``"authors"`` (circular on SL(2), smooth on GL⁺(2)); see
+            :meth:`mask`.
+        offsets: the window's offset grid, ``"unit"`` (``±1``) or ``"affine_grid"`` (the authors',
+            ``±(k - 1)/k``); see :func:`kernel_offsets`.
+        siren_bias_init: ``"uniform"`` or ``"zero"`` (the authors' zero hidden sine biases); see
+            :class:`SirenKernel`.
         transform: ``"kernel"`` (transformed kernels, image frame) or ``"signal"`` (resampled image,
             each sample's frame).
 
@@ -546,6 +629,9 @@ class LiftingConv(_SampledConv):
         mask_radius: float | None = 1.0,
         mask_slope: float = 2.0,
         transform: str = "kernel",
+        mask_type: MaskType = "smooth",
+        offsets: OffsetGrid = "unit",
+        siren_bias_init: SirenBiasInit = "uniform",
     ) -> None:
         super().__init__(
             group,
@@ -561,6 +647,9 @@ class LiftingConv(_SampledConv):
             mask_radius=mask_radius,
             mask_slope=mask_slope,
             transform=transform,
+            mask_type=mask_type,
+            offsets=offsets,
+            siren_bias_init=siren_bias_init,
         )
 
     def kernel(self, samples: Tensor) -> Tensor:  # [N, 2, 2] -> [C_out, N, C_in, k, k]
@@ -590,10 +679,12 @@ class LiftingConv(_SampledConv):
 class GroupConv(_SampledConv):
     r"""Group convolution between feature maps on R² × {group samples}, by Monte Carlo over the input samples.
 
-    ``(k ⋆ f)(x, h_i) = 1/N_in Σ_j Σ_u k(c) m(|c|) f(x + u, h_j) / |det h_i|`` with ``c = [h_i⁻¹u, ξ⁻¹(h_i⁻¹h_j)]``,
+    ``(k ⋆ f)(x, h_i) = w Σ_j Σ_u k(c) m(c) f(x + u, h_j) / |det h_i|`` with ``c = [h_i⁻¹u, ξ⁻¹(h_i⁻¹h_j)]``,
     the estimate of ``∫∫ k(h⁻¹(y - x), ξ⁻¹(h⁻¹h')) f(y, h') dy dμ(h') / |det h|`` with ``h_j`` the
     input's samples and ``h_i`` the output's (the same ones by default, as a residual connection needs).
-    ``padding=None`` keeps the spatial size.
+    The Monte Carlo weight is ``w = 1/N_in`` with ``sample_reduce="mean"`` and ``w = 1`` with ``"sum"``
+    (the authors' ``GConv2d``: their kernel is not divided by the number of samples, so its output is
+    ``N_in`` times the mean's). ``padding=None`` keeps the spatial size.
 
     With ``mix_samples=False`` the kernel is supported at ``h_i⁻¹h_j = e`` only: every sample's slice gets
     its own transformed spatial convolution ``Σ_u k(h_i⁻¹u, ξ⁻¹(e)) f(x + u, h_i) / |det h_i|``. A network
@@ -604,7 +695,7 @@ class GroupConv(_SampledConv):
 
     ``transform="signal"`` takes and gives feature maps in each sample's own frame, ``G(x', h) = f(h·x', h)``
     (as :class:`LiftingConv` with ``transform="signal"`` makes them). With ``u = h_i·v`` the layer becomes
-    ``G'(x', h_i) = 1/N_in Σ_j Σ_v k(v, ξ⁻¹(h_i⁻¹h_j)) m G(h_j⁻¹h_i·(x' + v), h_j)``: every input slice is
+    ``G'(x', h_i) = w Σ_j Σ_v k(v, ξ⁻¹(h_i⁻¹h_j)) m G(h_j⁻¹h_i·(x' + v), h_j)``: every input slice is
     resampled by the relative elements ``h_j⁻¹h_i`` and convolved with kernels on the fixed pixel grid (no
     determinant factor; it cancels). Without mixing, ``h_j⁻¹h_i = e`` and the layer is one ordinary
     convolution shared by all slices.
@@ -612,16 +703,27 @@ class GroupConv(_SampledConv):
     Args:
         group: ``"gl2"``, ``"sl2"`` or a :class:`LinearGroup2`.
         in_channels, out_channels: channels.
-        kernel_size: odd window size ``k``; offsets ``u`` are measured in units of its half-width.
+        kernel_size: odd window size ``k``.
         padding: zero padding in space.
         bias: learnable per-channel bias.
         hidden_features, num_layers, omega_0: the SIREN kernel network.
-        mask_radius: radius of the smooth mask on the kernel's coordinates; None for no mask.
-        mask_slope: steepness of the mask's edge.
+        mask_radius: radius of the kernel's mask; None for no mask.
+        mask_slope: steepness of the smooth mask's edge.
+        mask_type: ``"smooth"`` (sigmoid taper on all the kernel's coordinates), ``"circular"`` (hard disk
+            on the spatial offsets) or ``"authors"`` (circular on SL(2), smooth on GL⁺(2)); see
+            :meth:`mask`.
+        offsets: the window's offset grid, ``"unit"`` (``±1``) or ``"affine_grid"`` (the authors',
+            ``±(k - 1)/k``); see :func:`kernel_offsets`.
+        siren_bias_init: ``"uniform"`` or ``"zero"`` (the authors' zero hidden sine biases); see
+            :class:`SirenKernel`.
         mix_samples: integrate over the input samples (True) or keep each sample's slice apart (False;
             then ``samples_out`` must be ``samples_in``).
         transform: ``"kernel"`` (transformed kernels, image frame) or ``"signal"`` (resampled feature maps,
             each sample's frame); see :class:`LiftingConv`.
+        sample_reduce: ``"mean"`` (``1/N_in`` Monte Carlo weight) or ``"sum"`` (the authors'); only the
+            mixing path integrates over samples.
+        angle_chart: the relative elements' angle interval in the kernel's chart input, ``"centred"``
+            ``(-π, π]`` or ``"positive"`` ``[0, 2π)`` (the authors'); see :meth:`LinearGroup2.log_chart`.
 
     Shapes:
         x ``[B, C_in, N_in, H, W]``, samples_in ``[N_in, 2, 2]``, samples_out ``[N_out, 2, 2]``
@@ -643,9 +745,19 @@ class GroupConv(_SampledConv):
         mask_slope: float = 2.0,
         mix_samples: bool = True,
         transform: str = "kernel",
+        mask_type: MaskType = "smooth",
+        offsets: OffsetGrid = "unit",
+        siren_bias_init: SirenBiasInit = "uniform",
+        sample_reduce: SampleReduce = "mean",
+        angle_chart: AngleChart = "centred",
     ) -> None:
         group = get_group(group)
+        if sample_reduce not in _SAMPLE_REDUCES:
+            raise ValueError(f"sample_reduce must be one of {_SAMPLE_REDUCES}, got {sample_reduce!r}")
+        if angle_chart not in _ANGLE_CHARTS:
+            raise ValueError(f"angle_chart must be one of {_ANGLE_CHARTS}, got {angle_chart!r}")
         self.mix_samples = mix_samples
+        self.sample_reduce, self.angle_chart = sample_reduce, angle_chart
         super().__init__(
             group,
             in_channels,
@@ -660,23 +772,27 @@ class GroupConv(_SampledConv):
             mask_radius=mask_radius,
             mask_slope=mask_slope,
             transform=transform,
+            mask_type=mask_type,
+            offsets=offsets,
+            siren_bias_init=siren_bias_init,
         )
 
     def kernel(self, samples_in: Tensor, samples_out: Tensor) -> Tensor:
-        """Monte Carlo weights ``[C_out, N_out, C_in, N_in, k, k]`` (the ``1/N_in`` included)."""
+        """Monte Carlo weights ``[C_out, N_out, C_in, N_in, k, k]`` (``w`` included: ``1/N_in`` or 1)."""
         n_out, n_in, k2 = samples_out.shape[0], samples_in.shape[0], self.offsets.shape[0]
         u, volume = self.transformed_offsets(samples_out)  # [N_out, k², 2], [N_out]
-        chart = self.group.log_chart(self._relative(samples_out, samples_in)).to(
-            u.dtype
-        )  # ξ⁻¹(h_i⁻¹ h_j) [N_out, N_in, dim]
+        relative = self._relative(samples_out, samples_in)  # h_i⁻¹ h_j [N_out, N_in, 2, 2]
+        chart = self.group.log_chart(relative, self.angle_chart).to(u.dtype)  # ξ⁻¹(h_i⁻¹ h_j) [N_out, N_in, dim]
         coords = torch.cat(
             (u.unsqueeze(1).expand(n_out, n_in, k2, 2), chart.unsqueeze(2).expand(n_out, n_in, k2, chart.shape[-1])),
             dim=-1,
         )
-        # The mask on the joint coordinates (the authors' choice) also makes the kernel local in the group:
-        # the sampling density then varies little across its support, which keeps the unweighted Monte
-        # Carlo sum close to equivariant.
-        weight = self.mask(coords) * (volume[:, None, None, None] / n_in)
+        # The smooth mask (geomol's default on both groups, the authors' on GL⁺(2) only) acts on the joint
+        # coordinates, so it also makes the kernel local in the group: the sampling density then varies
+        # little across its support, which keeps the unweighted Monte Carlo sum close to equivariant. The
+        # authors' SL(2) mask is a hard disk on the offsets alone, and leaves the kernel global in the group.
+        reduce = 1.0 / n_in if self.sample_reduce == "mean" else 1.0
+        weight = self.mask(coords) * (volume[:, None, None, None] * reduce)
         values = self.siren(coords) * weight  # [N_out, N_in, k², C_out·C_in]
         k = self.kernel_size
         values = values.view(n_out, n_in, k, k, self.out_channels, self.in_channels)
@@ -737,20 +853,25 @@ class GroupLayerNorm(nn.Module):
 
     Statistics over whole feature maps are invariant under the group action on the samples and on
     space, so the normalization keeps equivariance; works for ``[B, C, N, H, W]`` and ``[B, C, H, W]``.
+    With ``affine=False`` it is the authors' ``LayerNorm3d`` (``F.layer_norm`` over ``(C, N, H, W)``, no
+    parameters).
 
     Args:
         channels: number of channels ``C`` (dimension 1).
         eps: added to the variance.
+        affine: learnable per-channel scale and shift.
     """
 
-    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+    def __init__(self, channels: int, eps: float = 1e-5, affine: bool = True) -> None:
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
+        self.weight = nn.Parameter(torch.ones(channels)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(channels)) if affine else None
 
     def forward(self, x: Tensor) -> Tensor:  # [B, C, ...] -> [B, C, ...]
         x = F.layer_norm(x, x.shape[1:], eps=self.eps)
+        if self.weight is None:
+            return x
         shape = (1, -1) + (1,) * (x.dim() - 2)
         return x * self.weight.view(shape) + self.bias.view(shape)
 
@@ -767,16 +888,17 @@ class GroupRMSNorm(nn.Module):
     Args:
         channels: number of channels ``C`` (dimension 1).
         eps: added to the mean square.
+        affine: learnable per-channel scale.
     """
 
-    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+    def __init__(self, channels: int, eps: float = 1e-5, affine: bool = True) -> None:
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(channels))
+        self.weight = nn.Parameter(torch.ones(channels)) if affine else None
 
     def forward(self, x: Tensor) -> Tensor:  # [B, C, ...] -> [B, C, ...]
         x = F.rms_norm(x, x.shape[1:], eps=self.eps)
-        return x * self.weight.view((1, -1) + (1,) * (x.dim() - 2))
+        return x if self.weight is None else x * self.weight.view((1, -1) + (1,) * (x.dim() - 2))
 
 
 def pool_group(x: Tensor, reduce: Literal["max", "mean"] = "max") -> Tensor:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from geomol.data.images import load_mnist
-from geomol.models.affine_cnn import AffineCNN, PlainCNN
+from geomol.models.affine_cnn import AffineCNN, PlainCNN, _ResidualBlock
 from geomol.nn.liegroup import GL2, SL2
 from geomol.tasks.image import ImageTask
 
@@ -276,3 +276,164 @@ def test_experiment_config_overrides_existing_keys(tmp_path):
     assert merged.model.net.group == "sl2" and isinstance(
         hydra.utils.instantiate(merged.model, num_classes=10, _recursive_=False).net.group, SL2
     )
+
+
+# -- the authors' recipe (experiment=affine_cnn_mnist) and geomol's options ---------------------------
+
+AUTHORS = dict(
+    layout="authors",
+    num_blocks=1,
+    norm_affine=False,
+    conv_bias=False,
+    spd_law="authors",
+    angles="linspace",
+    angle_chart="positive",
+    mask_type="authors",
+    offsets="affine_grid",
+    sample_reduce="sum",
+    siren_bias_init="zero",
+    eval_resample=True,
+    head_norm="layer",
+)
+
+
+def _experiment_net(tmp_path: Path, name: str, **net_overrides):
+    experiment = OmegaConf.load(CONF / "experiment" / f"{name}.yaml")
+    merged = OmegaConf.merge(_config(tmp_path), {"data": experiment.data, "model": experiment.model})
+    merged.model.net = OmegaConf.merge(merged.model.net, net_overrides)
+    if "group" in net_overrides:
+        merged.model.group = net_overrides["group"]
+    return hydra.utils.instantiate(merged.model, num_classes=10, _recursive_=False).net
+
+
+def _count(net: torch.nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def test_authors_experiment_is_their_model(tmp_path):
+    """experiment=affine_cnn_mnist builds rgenn's train.py model: 339,102 parameters on SL(2) and 339,282 on
+    GL⁺(2) (the counts their code prints; lifting 9,940 + 3 group convs of 105,280 (+60 on GL⁺(2)) + head
+    13,322), with every convention of theirs; geomol's previous two-block layout had 444,982."""
+    net = _experiment_net(tmp_path, "affine_cnn_mnist")
+    assert _count(net) == 339_102
+    assert _count(net.lift) == 9_940 and _count(net.final) == 105_280 and _count(net.head) == 13_322
+    assert len(net.blocks) == 1 and net.layout == "authors" and net.final.padding == 0 and net.blocks[0].act_before_add
+    # No norm parameters and no conv biases: only the SIRENs and the head are learned.
+    assert [name for name, _ in net.named_parameters() if ".siren." not in name and not name.startswith("head.")] == []
+    assert net.sampler["spd_law"] == "authors" and net.sampler["angles"] == "linspace" and net.eval_resample
+    assert net.lift.resolved_mask_type == "circular" and net.lift.offsets.abs().max().item() == pytest.approx(0.8)
+    for conv in (net.blocks[0].conv1, net.blocks[0].conv2, net.final):
+        assert conv.sample_reduce == "sum" and conv.angle_chart == "positive" and conv.resolved_mask_type == "circular"
+        assert not any(layer.bias.any() for layer in conv.siren.layers[1:])
+    assert _count(_experiment_net(tmp_path, "affine_cnn_mnist", group="gl2")) == 339_282
+    geomol = _experiment_net(
+        tmp_path, "affine_cnn_mnist", layout="geomol", num_blocks=2, norm_affine=True, conv_bias=None
+    )
+    assert _count(geomol) == 444_982
+    with torch.no_grad():
+        assert net.eval()(torch.rand(1, 1, 40, 40)).shape == (1, 10)
+
+
+def test_cpu_experiment_keeps_geomol_choices(tmp_path):
+    """experiment=affine_cnn_mnist_cpu pins geomol's conventions (and keeps the bench's 17,930 parameters)."""
+    net = _experiment_net(tmp_path, "affine_cnn_mnist_cpu")
+    assert _count(net) == 17_930 and net.layout == "geomol" and net.zero_background and not net.eval_resample
+    assert net.lift.resolved_mask_type == "smooth" and net.lift.offsets.abs().max().item() == 1.0
+    assert net.sampler["spd_law"] == "geomol" and net.blocks[0].conv1.sample_reduce == "mean"
+
+
+def test_authors_block_activates_before_the_add():
+    """rgenn's GSimpleBlock: GELU(x + GELU(LN(conv(GELU(LN(conv(x))))))); geomol's leaves out the inner GELU."""
+
+    class Scale(torch.nn.Module):
+        def __init__(self, factor):
+            super().__init__()
+            self.factor = factor
+
+        def forward(self, x):
+            return self.factor * x
+
+    x = torch.randn(2, 3, 4, 6, 6, dtype=torch.float64)
+    ln = lambda t: F.layer_norm(t, t.shape[1:])  # noqa: E731
+    inner = ln(-0.5 * F.gelu(ln(2.0 * x)))
+    for act_before_add, expected in [(True, F.gelu(x + F.gelu(inner))), (False, F.gelu(x + inner))]:
+        block = _ResidualBlock(Scale(2.0), Scale(-0.5), 3, False, norm_affine=False, act_before_add=act_before_add)
+        torch.testing.assert_close(block(x), expected, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("group", ["gl2", "sl2"])
+def test_authors_layout_keeps_quarter_turn_invariance_on_a_closed_set(group):
+    """With all the authors' conventions but a set closed under quarter turns (geomol's centred 8-gon, no SPD
+    factor) the logits are exactly invariant; the authors' grid linspace(-π, π, 8) is not closed under them."""
+    torch.manual_seed(0)
+    small = dict(channels=6, hidden_features=16, head_hidden=16, num_samples=8, spd_std=0.0)
+    x = torch.rand(2, 1, 40, 40, dtype=torch.float64)
+    closed = AffineCNN(group=group, **(AUTHORS | small | dict(angles="equidistant", eval_resample=False)))
+    authors = AffineCNN(group=group, **(AUTHORS | small | dict(eval_resample=False)))
+    authors.load_state_dict(closed.state_dict())
+    with torch.no_grad():
+        for net, exact in [(closed.double().eval(), True), (authors.double().eval(), False)]:
+            logits = net(x)
+            error = max((net(torch.rot90(x, k, (2, 3))) - logits).abs().max().item() for k in (1, 2, 3))
+            assert (error < 1e-10) if exact else (error > 1e-6), (exact, error)
+
+
+def test_eval_resample_draws_a_new_set_at_every_eval_pass():
+    """eval_resample (the authors' sample_inference=True): eval-mode sets differ from call to call, come from
+    a seeded stream of their own (a fresh module repeats it), and leave the training stream alone."""
+    net = AffineCNN(num_samples=5, eval_resample=True, seed=2, **SMALL).eval()
+    first, second = net.group_samples(), net.group_samples()
+    assert not torch.equal(first, second) and int(net.sample_step) == 0
+    again = AffineCNN(num_samples=5, eval_resample=True, seed=2, **SMALL).eval()
+    assert torch.equal(again.group_samples(), first)
+    fixed = AffineCNN(num_samples=5, seed=2, **SMALL).eval()
+    assert torch.equal(fixed.group_samples(), fixed.group_samples())
+    assert not torch.equal(fixed.group_samples(), first)
+
+
+def test_per_layer_sample_sets_are_the_authors_sampling_wrapper():
+    """sample_sets="per_layer": lifting and block on draw 0, the final group conv from draw 1 to draw 2 (rgenn's
+    SamplingWrapper, whose final conv reads the block's features as lying on the block's own draw)."""
+    seen = {}
+
+    def record(name):
+        return lambda module, args: seen.__setitem__(name, args[1:])
+
+    net = AffineCNN(num_samples=4, sample_sets="per_layer", **(SMALL | AUTHORS | dict(eval_resample=False))).eval()
+    net.lift.register_forward_pre_hook(record("lift"))
+    net.blocks[0].conv1.register_forward_pre_hook(record("block"))
+    net.final.register_forward_pre_hook(record("final"))
+    sets = net.group_sample_sets()
+    assert net.num_sample_sets == 3 and len(sets) == 3
+    assert not torch.equal(sets[0], sets[1]) and not torch.equal(sets[1], sets[2])
+    with torch.no_grad():
+        net(torch.rand(1, 1, 40, 40))
+    assert torch.equal(seen["lift"][0], sets[0]) and torch.equal(seen["block"][0], sets[0])
+    assert torch.equal(seen["final"][0], sets[1]) and torch.equal(seen["final"][1], sets[2])
+    shared = AffineCNN(num_samples=4, **(SMALL | AUTHORS | dict(eval_resample=False))).eval()
+    assert shared.num_sample_sets == 1 and torch.equal(shared.group_samples(), sets[0])
+    with pytest.raises(ValueError, match="mix_samples"):
+        AffineCNN(sample_sets="per_layer", mix_samples=False, **(SMALL | AUTHORS))
+    with pytest.raises(ValueError, match="sample_sets"):
+        AffineCNN(sample_sets="each", **SMALL)
+    with pytest.raises(ValueError, match="layout"):
+        AffineCNN(layout="resnet", **SMALL)
+    with pytest.raises(ValueError, match="conv_bias"):
+        AffineCNN(zero_background=True, conv_bias=True, **SMALL)
+
+
+def test_sum_and_mean_over_samples_differ_only_through_the_norms_eps():
+    """Every group conv feeds a scale-invariant norm, so the authors' sum and geomol's mean (a factor N_in = 10)
+    give nearly the same logits on the same weights: the bench's reduce=mean variant measures the norms' eps."""
+    torch.manual_seed(0)
+    small = dict(channels=6, hidden_features=16, head_hidden=16, num_samples=10, eval_resample=False)
+    total = AffineCNN(**(AUTHORS | small)).double().eval()
+    mean = AffineCNN(**(AUTHORS | small | dict(sample_reduce="mean"))).double().eval()
+    mean.load_state_dict(total.state_dict())
+    x = torch.rand(2, 1, 40, 40, dtype=torch.float64)
+    with torch.no_grad():
+        samples = total.group_samples()
+        h = F.gelu(total.lift_norm(total.lift(x, samples)))
+        conv_total, conv_mean = total.blocks[0].conv1(h, samples), mean.blocks[0].conv1(h, samples)
+        torch.testing.assert_close(conv_total, 10 * conv_mean)
+        torch.testing.assert_close(mean(x), total(x), rtol=1e-3, atol=1e-4)

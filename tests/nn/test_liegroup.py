@@ -11,7 +11,9 @@ from geomol.nn.liegroup import (
     GroupLayerNorm,
     GroupRMSNorm,
     LiftingConv,
+    SirenKernel,
     get_group,
+    kernel_offsets,
     pool_group,
     pool_spatial,
     spd_log,
@@ -333,3 +335,211 @@ def test_pooling_and_norm_shapes():
     assert GroupRMSNorm(3)(torch.zeros_like(x)).abs().max() == 0  # zeros stay zeros (GroupLayerNorm's bias would not)
     with pytest.raises(ValueError, match="reduce"):
         pool_group(x, "sum")
+
+
+# -- the authors' conventions (github.com/mirceamironenco/rgenn) next to geomol's ------------------------
+
+# rgenn's orthonormal bases of the SPD factor's tangent space (SSPD2Basis, SPD2Basis with metric_alpha=1).
+_R = 1 / math.sqrt(2.0)
+AUTHORS_SPD_BASIS = {
+    "sl2": torch.tensor([[[_R, 0.0], [0.0, -_R]], [[0.0, _R], [_R, 0.0]]], dtype=torch.float64),
+    "gl2": torch.tensor(
+        [[[1.0, 0.0], [0.0, 0.0]], [[0.0, _R], [_R, 0.0]], [[0.0, 0.0], [0.0, 1.0]]], dtype=torch.float64
+    ),
+}
+
+
+def _turn(theta: torch.Tensor) -> torch.Tensor:
+    c, s = torch.cos(theta), torch.sin(theta)
+    return torch.stack((torch.stack((c, -s), -1), torch.stack((s, c), -1)), -2)
+
+
+@pytest.mark.parametrize("name", IDS)
+def test_authors_spd_law_has_a_quarter_of_the_log_variance(name):
+    """rgenn: S = exp(X), X ~ N(0, 0.1·I) in an orthonormal basis, g = S^½·R. Then log P = X/2, whose chart
+    coordinates have variance 0.1/4 = 0.025; geomol's P = exp(X) keeps 0.1. 10⁵ float64 draws."""
+    group = get_group(name)
+    std = math.sqrt(0.1)
+    draw = lambda law: group.sample(  # noqa: E731
+        100_000, spd_std=std, spd_law=law, angles="uniform", generator=torch.Generator().manual_seed(0)
+    )
+    authors, geomol = draw("authors"), draw("geomol")
+    var_authors = group.log_chart(authors)[:, :-1].var(dim=0)
+    var_geomol = group.log_chart(geomol)[:, :-1].var(dim=0)
+    torch.testing.assert_close(var_authors, torch.full_like(var_authors, 0.025), rtol=0, atol=0.002)
+    torch.testing.assert_close(var_geomol, torch.full_like(var_geomol, 0.1), rtol=0, atol=0.008)
+    assert group.contains(authors)
+    # The same draws: the authors' SPD factor is the square root of geomol's, the rotations are equal.
+    (p_a, r_a), (p_g, r_g) = group.polar(authors[:1000]), group.polar(geomol[:1000])
+    torch.testing.assert_close(p_a @ p_a, p_g, rtol=0, atol=1e-12)
+    torch.testing.assert_close(r_a, r_g, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", IDS)
+def test_authors_sampler_matches_a_transcription_of_their_code(name):
+    """LogNormalSPD2.sample_pair + EquiDistantSO2 + GLn.sample_pair, transcribed: hat(v) in their basis,
+    S = expm, S^½ by eigh, R(linspace(-π, π, N)), g = S^½·R; same Gaussian draws as geomol's sampler."""
+    group, num = get_group(name), 12
+    std = math.sqrt(0.1)
+    v = std * torch.randn(num, group.dim - 1, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    s = torch.linalg.matrix_exp(torch.tensordot(v, AUTHORS_SPD_BASIS[name], ([-1], [0])))
+    e, q = torch.linalg.eigh(s)
+    s_half = (q * e.sqrt().unsqueeze(-2)) @ q.mT
+    expected = s_half @ _turn(torch.linspace(-math.pi, math.pi, num, dtype=torch.float64))
+    g = group.sample(num, spd_std=std, spd_law="authors", angles="linspace", generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(g, expected, rtol=0, atol=1e-13)
+    with pytest.raises(ValueError, match="spd_law"):
+        group.sample(2, spd_law="sqrt")
+
+
+@pytest.mark.parametrize("name", IDS)
+def test_linspace_angles_are_the_authors_equidistant_grid(name):
+    """angles="linspace" is rgenn's EquiDistantSO2: linspace(-rπ, rπ, N), both ends included (for r = 1 the
+    first and last samples are the same half turn); "equidistant" stays geomol's centred N-gon."""
+    group = get_group(name)
+    for num, r in [(10, 1.0), (7, 0.5), (1, 1.0)]:
+        g = group.sample(num, spd_std=0.0, angles="linspace", angle_range=r)
+        expected = _turn(torch.linspace(-r * math.pi, r * math.pi, num, dtype=torch.float64))
+        torch.testing.assert_close(g, expected, rtol=0, atol=1e-15)
+    g = group.sample(10, spd_std=0.0, angles="linspace")
+    torch.testing.assert_close(g[0], g[-1], rtol=0, atol=1e-15)  # -π and π: the same rotation
+    theta = torch.atan2(g[:, 1, 0], g[:, 0, 0])
+    torch.testing.assert_close(torch.diff(theta[1:-1]), torch.full((7,), 2 * math.pi / 9, dtype=torch.float64))
+    centred = group.log_chart(group.sample(10, spd_std=0.0))[:, -1]
+    torch.testing.assert_close(centred, torch.arange(-9, 10, 2, dtype=torch.float64) * math.pi / 10)
+
+
+@pytest.mark.parametrize("name", IDS)
+def test_positive_angle_chart_is_the_authors_zero_to_two_pi(name):
+    """angle_chart="positive" is rgenn's SO2.matrix_to_radians (atan2 mod 2π): the centred angle plus 2π where
+    it is negative, the identity (and round-off around it) at 0, the half turn at π, the SPD part unchanged."""
+    group = get_group(name)
+    g = _samples(group, 256, spd_std=0.5)
+    centred, positive = group.log_chart(g), group.log_chart(g, "positive")
+    torch.testing.assert_close(positive[:, :-1], centred[:, :-1], rtol=0, atol=0)
+    torch.testing.assert_close(positive[:, -1], torch.remainder(centred[:, -1], 2 * math.pi), rtol=0, atol=1e-14)
+    assert positive[:, -1].min() >= 0 and positive[:, -1].max() < 2 * math.pi and positive[:, -1].max() > 6.0
+    torch.testing.assert_close(group.exp_chart(positive), g, rtol=0, atol=1e-12)
+    angles = torch.tensor([-1e-15, 0.0, -0.5, math.pi, -math.pi], dtype=torch.float64)
+    chart = group.log_chart(_turn(angles), "positive")[:, -1]
+    expected = torch.tensor([0.0, 0.0, 2 * math.pi - 0.5, math.pi, math.pi], dtype=torch.float64)
+    torch.testing.assert_close(chart, expected, rtol=0, atol=1e-14)
+    with pytest.raises(ValueError, match="angle_chart"):
+        group.log_chart(g, "degrees")
+
+
+def test_kernel_offset_grids():
+    """offsets="affine_grid" is rgenn's get_grid2d (F.affine_grid of the identity, align_corners=False): the 5×5
+    window's centres span ±0.8 in steps of 0.4; geomol's "unit" grid spans ±1. Both row-major, x along columns."""
+    grid = kernel_offsets(5, "affine_grid", dtype=torch.float64)
+    torch.testing.assert_close(grid.unique(), torch.tensor([-0.8, -0.4, 0.0, 0.4, 0.8], dtype=torch.float64))
+    assert grid.abs().max().item() == pytest.approx(0.8, abs=1e-15)
+    theirs = F.affine_grid(torch.eye(2, 3, dtype=torch.float64)[None], [1, 1, 5, 5], align_corners=False)
+    torch.testing.assert_close(grid, theirs.reshape(-1, 2), rtol=0, atol=1e-15)
+    assert kernel_offsets(3, "affine_grid").abs().max().item() == pytest.approx(2 / 3)
+    unit = kernel_offsets(5, "unit", dtype=torch.float64)
+    torch.testing.assert_close(unit.unique(), torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(unit * 0.8, grid, rtol=0, atol=1e-15)  # the same shape, scaled by (k - 1)/k
+    assert torch.equal(LiftingConv("sl2", 1, 1, offsets="affine_grid").offsets, kernel_offsets(5, "affine_grid"))
+    assert torch.equal(LiftingConv("sl2", 1, 1).offsets, kernel_offsets(5))  # geomol's default
+    with pytest.raises(ValueError, match="offsets"):
+        LiftingConv("sl2", 1, 1, offsets="pixels")
+
+
+def test_authors_mask_is_a_hard_disk_on_sl2_and_smooth_on_gl2():
+    """mask_type="authors": rgenn's circular_mask (zero where |h⁻¹u| > 1, chart ignored) on SL(2), and
+    circular_mask_smooth (σ(2(1 - |coords|)) over offsets and chart) on GL⁺(2)."""
+    eye = SL2().identity(1)
+    sl2 = LiftingConv("sl2", 1, 1, mask_type="authors", offsets="affine_grid").double()
+    u, _ = sl2.transformed_offsets(eye)
+    mask = sl2.mask(u)[0, :, 0].view(5, 5)
+    assert sl2.resolved_mask_type == "circular" and int(mask.sum()) == 21  # the 4 corners (|u| = 1.13) dropped
+    assert mask[0, 0] == mask[0, 4] == mask[4, 0] == mask[4, 4] == 0 and set(mask.unique().tolist()) == {0.0, 1.0}
+    # A stretch h = diag(2, 1/2): h⁻¹u = (u_x/2, 2u_y) leaves the disk at |u_y| > 0.4 only.
+    stretched = sl2.mask(sl2.transformed_offsets(torch.diag(torch.tensor([2.0, 0.5], dtype=torch.float64))[None])[0])
+    assert stretched[0, :, 0].view(5, 5).sum(dim=1).tolist() == [0.0, 5.0, 5.0, 5.0, 0.0]
+    gl2 = LiftingConv("gl2", 1, 1, mask_type="authors", offsets="affine_grid").double()
+    u, _ = gl2.transformed_offsets(eye)
+    assert gl2.resolved_mask_type == "smooth"
+    torch.testing.assert_close(gl2.mask(u), torch.sigmoid(2 * (1 - u.norm(dim=-1, keepdim=True))))
+    # In a group conv the hard disk ignores the chart coordinates; the smooth mask does not.
+    coords = torch.tensor([[0.4, 0.8, 0.0, 0.0, 0.0], [0.4, 0.8, 0.0, 0.0, 3.0]], dtype=torch.float64)
+    hard = GroupConv("sl2", 1, 1, mask_type="authors").double()
+    assert hard.mask(coords).flatten().tolist() == [1.0, 1.0]
+    smooth = GroupConv("sl2", 1, 1).double()
+    expected = torch.sigmoid(2 * (1 - torch.tensor([0.8, 9.8], dtype=torch.float64).sqrt()))
+    torch.testing.assert_close(smooth.mask(coords).flatten(), expected)  # 0.552 and 0.014
+    with pytest.raises(ValueError, match="mask_type"):
+        GroupConv("sl2", 1, 1, mask_type="hard")
+
+
+@pytest.mark.parametrize("name", IDS)
+def test_sum_over_samples_is_the_mean_times_the_sample_count(name):
+    """sample_reduce="sum" (rgenn's GConv2d) drops geomol's 1/N_in: with the same weights and no bias the
+    output is exactly N_in times the mean's, for any number of output samples."""
+    torch.manual_seed(0)
+    samples_in, samples_out = _samples(get_group(name), 5, spd_std=0.3), _samples(get_group(name), 3, seed=1)
+    mean = GroupConv(name, 3, 2, bias=False).double()
+    total = GroupConv(name, 3, 2, bias=False, sample_reduce="sum").double()
+    total.load_state_dict(mean.state_dict())
+    x = torch.randn(2, 3, 5, 9, 9, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(total(x, samples_in, samples_out), 5 * mean(x, samples_in, samples_out))
+        torch.testing.assert_close(total.kernel(samples_in, samples_out), 5 * mean.kernel(samples_in, samples_out))
+        # Keeping the slices apart has no average to undo: both give the same layer.
+        apart = [GroupConv(name, 3, 2, mix_samples=False, sample_reduce=r).double() for r in ("mean", "sum")]
+        apart[1].load_state_dict(apart[0].state_dict())
+        torch.testing.assert_close(apart[1](x, samples_in), apart[0](x, samples_in), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="sample_reduce"):
+        GroupConv(name, 1, 1, sample_reduce="max")
+
+
+def test_siren_bias_init():
+    """bias_init="zero" is rgenn's SineLayer: hidden sine layers start with zero biases, the first keeps
+    PyTorch's U(±1/√in); "uniform" (geomol's default) leaves U(±1/√in) on every layer. Weights are SIREN's
+    either way, and the last layer starts unbiased."""
+    torch.manual_seed(0)
+    zero = SirenKernel(5, 40, hidden_features=60, num_layers=3, omega_0=10.0, fan_in=40 * 25, bias_init="zero")
+    uniform = SirenKernel(5, 40, hidden_features=60, num_layers=3, omega_0=10.0, fan_in=40 * 25)
+    for net in (zero, uniform):
+        assert net.layers[0].bias.abs().max() <= 1 / math.sqrt(5) and net.layers[0].bias.abs().max() > 0.2
+        assert net.layers[0].weight.abs().max() <= 1 / 5
+        assert all(layer.weight.abs().max() <= math.sqrt(6 / 60) / 10 for layer in net.layers[1:])
+        assert net.out.weight.abs().max() <= math.sqrt(6 / 60) / math.sqrt(1000) and not net.out.bias.any()
+    assert all(not layer.bias.any() for layer in zero.layers[1:])
+    assert all(0.05 < layer.bias.abs().max() <= 1 / math.sqrt(60) for layer in uniform.layers[1:])
+    conv = GroupConv("sl2", 2, 2, siren_bias_init="zero")
+    assert not conv.siren.layers[1].bias.any() and not conv.siren.layers[2].bias.any()
+    with pytest.raises(ValueError, match="bias_init"):
+        SirenKernel(2, 2, bias_init="normal")
+
+
+def test_norms_without_affine_parameters():
+    """affine=False: the authors' LayerNorm3d (F.layer_norm over C, N, H, W, no parameters)."""
+    x = torch.randn(2, 3, 5, 8, 8, dtype=torch.float64)
+    norm = GroupLayerNorm(3, affine=False)
+    assert not list(norm.parameters())
+    torch.testing.assert_close(norm(x), F.layer_norm(x, x.shape[-4:]), rtol=0, atol=0)
+    rms = GroupRMSNorm(3, affine=False)
+    assert not list(rms.parameters())
+    torch.testing.assert_close(rms(x), GroupRMSNorm(3).double()(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", IDS)
+def test_layers_with_the_authors_conventions_are_exactly_equivariant_to_quarter_turns(name):
+    """The affine_grid window, the hard circular mask, the sum over samples and the [0, 2π) chart keep the
+    exact quarter-turn equivariance of the lifting and the group convolution."""
+    torch.manual_seed(0)
+    group = get_group(name)
+    options = dict(mask_type="authors", offsets="affine_grid", siren_bias_init="zero")
+    lift = LiftingConv(name, 2, 3, kernel_size=5, padding=2, **options).double()
+    conv = GroupConv(name, 3, 4, kernel_size=5, sample_reduce="sum", angle_chart="positive", **options).double()
+    samples = group.sample(6, spd_law="authors", angles="uniform", generator=torch.Generator().manual_seed(4))
+    a_inv = torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64)
+    moved = group.compose(a_inv, samples)
+    f = torch.randn(2, 2, 13, 13, dtype=torch.float64)
+    out, out_moved = lift(torch.rot90(f, 1, (2, 3)), samples), lift(f, moved)
+    torch.testing.assert_close(out, torch.rot90(out_moved, 1, (3, 4)), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        conv(out, samples), torch.rot90(conv(out_moved, moved), 1, (3, 4)), rtol=1e-10, atol=1e-12
+    )
