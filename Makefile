@@ -41,7 +41,9 @@ lint: setup
 	$(PY) -m ruff check geomol tests bench train.py
 
 bench: setup
-	for script in bench/*.py; do $(PY) $$script || exit 1; done
+	# machine.py is a helper; equal_budget.py and nve_md.py need run folders / a model (see their docstrings)
+	for script in bench/*.py; do case $$script in */machine.py|*/equal_budget.py|*/nve_md.py) continue;; esac; \
+		$(PY) $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) outputs

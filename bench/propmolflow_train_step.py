@@ -17,13 +17,12 @@ Run it on a quiet machine (pause training jobs); it prints the CPU model and ISA
 from __future__ import annotations
 
 import argparse
-import platform
-import re
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from machine import cpu_description  # bench/machine.py (bench/ is on sys.path when a script runs)
 
 from geomol.data.generation import QM9GenerationDataModule
 from geomol.tasks.generation import GenerationTask
@@ -36,23 +35,6 @@ SIZES = {
     "mid": dict(scalars=128, vectors=16, edge_features=64, n_updates=5, n_message_gvps=2, n_update_gvps=2, rbf_dim=16),
     "paper": dict(scalars=256, vectors=16, edge_features=128, n_updates=8),
 }
-
-
-def cpu_description() -> str:
-    """CPU model and the widest vector ISA torch's kernels can use."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        model = re.search(r"model name\s*:\s*(.+)", text).group(1).strip()
-        flags = set(re.search(r"flags\s*:\s*(.+)", text).group(1).split())
-    except (OSError, AttributeError):
-        flags = set()
-    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE/other"
-    if "avx512_bf16" in flags:
-        isa += " + AVX512-BF16"
-    if "amx_bf16" in flags:
-        isa += " + AMX"
-    return f"{model}, {isa}, torch {torch.__version__} (CPU capability {torch.backends.cpu.get_cpu_capability()})"
 
 
 def parse_args() -> argparse.Namespace:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import platform
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -23,22 +21,12 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from machine import cpu_description  # bench/machine.py (bench/ is on sys.path when a script runs)
 
 from geomol.cli.train import CONFIG_DIR, build
 
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "qm9"
 MODELS = ["schnet", "dimenet", "dimenetpp", "gaunt", "ponita", "gvp_regressor"]
-
-
-def cpu_name() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        name = re.search(r"model name\s*:\s*(.+)", text).group(1)
-        flags = re.search(r"flags\s*:\s*(.+)", text).group(1).split()
-        isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-        return f"{name} ({isa})"
-    except (OSError, AttributeError):
-        return platform.processor() or "unknown CPU"
 
 
 def short_run(model: str, warmup: bool, steps: int, seed: int, run_dir: Path) -> dict[str, float]:
@@ -78,9 +66,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-    print(
-        f"{cpu_name()}, {args.threads} thread(s), torch {torch.__version__}, seed {args.seed}, {args.steps} steps of 16"
-    )
+    print(f"{cpu_description()}, {args.threads} thread(s), seed {args.seed}, {args.steps} steps of 16")
     print("val MAE of HOMO (meV) on the fixture's 40 validation molecules")
     print(
         f"{'model':<14s} {'untrained':>9s} | {'EMA':>7s} {'raw':>7s}  with warm-up | {'EMA':>7s} {'raw':>7s}  without | s/run"
