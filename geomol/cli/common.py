@@ -307,7 +307,10 @@ def check_output(path: str | Path | None, suffix: str, what: str, protect: Seque
     return path
 
 
-def print_metrics(metrics: Mapping[str, float], title: str) -> None:
+def print_metrics(metrics: Mapping[str, float], title: str, units: Mapping[str, str] | None = None) -> None:
+    """``title``, then one ``name value [unit]`` line per metric (``stage/`` prefixes dropped)."""
     print(title)
     for key, value in metrics.items():
-        print(f"  {key:<22s} {value:10.4f}")
+        name = key.split("/", 1)[-1]
+        unit = (units or {}).get(name, "")
+        print(f"  {name:<22s} {value:10.4f} {unit}".rstrip())

@@ -15,7 +15,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..checkpoints import add_record, read_checkpoint
 from ..tasks.loggers import trim_metrics
-from .common import CONFIG_DIR, check_folder, check_overrides, check_types, report_errors, user_error  # noqa: F401
+from .common import (  # noqa: F401 (CONFIG_DIR, report_errors, user_error re-exported)
+    CONFIG_DIR,
+    check_folder,
+    check_overrides,
+    check_types,
+    print_metrics,
+    report_errors,
+    user_error,
+)
 
 log = logging.getLogger("geomol")
 
@@ -167,7 +175,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         results = trainer.test(task, datamodule=datamodule, verbose=False)
         metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
         if trainer.is_global_zero:
-            print_metrics(task, metrics, run_dir)
+            units = task.metric_units() if hasattr(task, "metric_units") else {}
+            print_metrics(dict(sorted(metrics.items())), f"\nTest results ({run_dir}):", units)
             record_test(task, datamodule, metrics, run_dir)
     return metrics
 
@@ -185,14 +194,6 @@ def record_test(task: pl.LightningModule, datamodule: pl.LightningDataModule, me
     record = {"metrics": {k.split("/", 1)[-1]: v for k, v in metrics.items()}, **datamodule.property_reference()}
     add_record(last, RECORD_KEY, record)
     log.info("test metrics and reference statistics stored in %s", last)
-
-
-def print_metrics(task: pl.LightningModule, metrics: dict[str, float], run_dir: Path) -> None:
-    units = task.metric_units() if hasattr(task, "metric_units") else {}
-    print(f"\nTest results ({run_dir}):")
-    for key, value in sorted(metrics.items()):
-        name = key.split("/", 1)[-1]
-        print(f"  {name:<20s} {value:12.4f} {units.get(name, '')}")
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
