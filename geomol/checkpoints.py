@@ -22,7 +22,7 @@ import torch
 from .pretrained import checkpoint_path
 from .safety import check_checkpoint_config, task_class
 
-__all__ = ["read_checkpoint", "load_task", "add_record", "TASK_KEY"]
+__all__ = ["read_checkpoint", "load_task", "add_record", "slim_checkpoint", "TASK_KEY"]
 
 # Checkpoints written by geomol tasks name their class here (see ``GeomolTaskMixin``).
 TASK_KEY = "geomol_task"
@@ -63,6 +63,27 @@ def add_record(path: str | os.PathLike, key: str, record: Mapping) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# What a checkpoint needs to be loaded and used (not resumed): the weights (the EMA average when training
+# averaged), the hyper-parameters that rebuild the task, its class, and what was recorded about it.
+INFERENCE_KEYS = ("state_dict", "hyper_parameters", "hparams_name", "epoch", "global_step", "pytorch-lightning_version")
+
+
+def slim_checkpoint(path: str | os.PathLike, output: str | os.PathLike) -> Path:
+    """Copy of a checkpoint without what only resuming needs (optimizer and scheduler states, the raw
+    weights beside the EMA average, loop and callback states): about a quarter of the size for Adam with
+    EMA. It loads with :func:`load_task` like the original (the same weights); it cannot resume training."""
+    ckpt = read_checkpoint(path)
+    keep = {k: v for k, v in ckpt.items() if k in INFERENCE_KEYS or k == TASK_KEY or k.startswith("geomol_")}
+    output = Path(output)
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(keep, tmp)
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return output
 
 
 def load_task(

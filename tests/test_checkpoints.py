@@ -87,3 +87,15 @@ def test_non_finite_weights_are_refused(checkpoint, tmp_path):
         ValueError, match=rf"checkpoint {bad} holds non-finite weights \(NaN or inf\) in {key}: the run diverged"
     ):
         load_task(bad)
+
+
+def test_slim_checkpoint_loads_the_same_weights(checkpoint, tmp_path):
+    from geomol.checkpoints import slim_checkpoint
+
+    slim = slim_checkpoint(checkpoint, tmp_path / "slim.ckpt")
+    full, small = read_checkpoint(checkpoint), read_checkpoint(slim)
+    assert "optimizer_states" in full and "optimizer_states" not in small and small[TASK_KEY] == full[TASK_KEY]
+    assert slim.stat().st_size < checkpoint.stat().st_size
+    a, b = load_task(checkpoint), load_task(slim)
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
