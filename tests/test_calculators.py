@@ -94,3 +94,11 @@ def test_periodic_cells_and_non_energy_models_are_refused(energy_model, tmp_path
     torch.save(ckpt, homo)
     with pytest.raises(ValueError, match="predicts homo \\(eV\\), not a potential energy"):
         GeomolCalculator(homo)
+
+
+def test_unseen_element_is_one_line(energy_model):
+    """A force field trained on aspirin (H, C, O) refuses sulfur instead of extrapolating silently."""
+    atoms = Atoms("CSH2", positions=[[0, 0, 0], [1.6, 0, 0], [-0.6, 0.9, 0], [-0.6, -0.9, 0]])
+    atoms.calc = GeomolCalculator(energy_model[0])
+    with pytest.raises(ValueError, match=r"unknown element Z=16: this model was trained on Z in \[1, 6, 8\]"):
+        atoms.get_potential_energy()
