@@ -57,9 +57,14 @@ def add_record(path: str | os.PathLike, key: str, record: Mapping) -> None:
     path = Path(path)
     ckpt = read_checkpoint(path)
     ckpt[key] = dict(record)
+    _save_atomic(ckpt, path)
+
+
+def _save_atomic(obj: Mapping, path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: never a half-written checkpoint."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        torch.save(ckpt, tmp)
+        torch.save(obj, tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -77,12 +82,7 @@ def slim_checkpoint(path: str | os.PathLike, output: str | os.PathLike) -> Path:
     ckpt = read_checkpoint(path)
     keep = {k: v for k, v in ckpt.items() if k in INFERENCE_KEYS or k == TASK_KEY or k.startswith("geomol_")}
     output = Path(output)
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(keep, tmp)
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _save_atomic(keep, output)
     return output
 
 
