@@ -2,11 +2,19 @@
 
 Torch has no operation that keeps a row's spherical-grid values in cache between the transforms and the
 product, and no library offers a fused Gaunt product, so geomol compiles a small C++ kernel with the system C++
-compiler on first use (under a second) and calls it through ``ctypes``; it runs on torch's own OpenMP
+compiler on first use (under a second) and calls it through ``ctypes``, one struct of arguments per call (the
+struct layouts are checked against the library's own ``sizeof`` at load); it runs on torch's own OpenMP
 threads (``libgomp`` is already loaded by torch). The compiled library is cached under
 ``$GEOMOL_CACHE`` (default ``~/.cache/geomol``), keyed by the source, the compiler flags and the CPU.
 Without a C compiler, on GPUs, or with ``GEOMOL_GAUNT_KERNEL=0``, :mod:`geomol.nn.gaunt` uses its
 torch-only path, which computes the same numbers.
+
+The kernel is registered as two ``torch.library`` custom ops, ``geomol::gaunt_product`` and
+``geomol::gaunt_product_backward``, each with a fake (shape-only) implementation, and the first with an autograd
+formula that is differentiable to any order; so ``torch.compile`` traces through a Gaunt product (and a GauntNet)
+without breaking its graph, and ``torch.library.opcheck`` checks the registration. (A ``torch.utils.cpp_extension``
+build would bind the ops in C++ instead, but it compiles torch's headers: about a minute on first use, against
+under a second for this kernel.)
 
 A plan holds, for one triple of degrees ``(La, Lb, Lc)`` on one grid, the Legendre tables of the three
 roles and the exact φ-integrals ``K[m1, m2, m3] = ∫ T_m1 T_m2 T_m3 dφ`` of three real Fourier modes (with
@@ -32,6 +40,33 @@ from torch import Tensor
 from .sphere_grid import SphericalGridTransform  # the torch path's tables, so both paths agree
 
 __all__ = ["available", "backward", "disabled", "forward", "plan"]
+
+
+class _Tables(ctypes.Structure):
+    """``GauntTables`` of ``csrc/gaunt_product.cpp``: one product's plan."""
+
+    _fields_ = [(name, ctypes.c_int) for name in ("La", "Lb", "Lc", "n_theta")] + [
+        (name, ctypes.c_void_p) for name in ("leg_a", "leg_b", "leg_c", "coef", "start", "gstart", "m1", "m2")
+    ]
+
+
+_P, _INT, _LONG = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
+
+
+class _ForwardCall(ctypes.Structure):
+    """``GauntForwardCall``: ``out = sc ⊙ Γ(sa ⊙ a, sb ⊙ b)``."""
+
+    _fields_ = [("p", _Tables), ("a", _P), ("b", _P), ("out", _P), ("rows", _LONG)]
+    _fields_ += [("sa", _P), ("sb", _P), ("sc", _P), ("channels", _INT), ("n_threads", _INT)]
+
+
+class _BackwardCall(ctypes.Structure):
+    """``GauntBackwardCall``: the gradients of ``out = w3 ⊙ Γ(w1 ⊙ x, w2 ⊙ y)``."""
+
+    _fields_ = [("px", _Tables), ("py", _Tables), *((name, _P) for name in ("g", "x", "y", "u", "gx", "gy"))]
+    _fields_ += [("rows", _LONG), *((name, _P) for name in ("w1", "w2", "w3", "gw1", "gw2", "gw3"))]
+    _fields_ += [("channels", _INT), ("n_threads", _INT)]
+
 
 _SOURCE = Path(__file__).with_name("csrc") / "gaunt_product.cpp"
 _FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
@@ -70,13 +105,16 @@ def build(flags: tuple[str, ...] = _FLAGS, compiler: str | None = None) -> ctype
             )
             os.replace(built, path)
     library = ctypes.CDLL(str(path))
-    pointer, integer, long = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
-    product = [pointer] * 8  # Legendre tables of the three roles, K values, group starts, order pairs
+    sizes = (ctypes.c_long * 3)()
+    library.gaunt_struct_sizes(sizes)
+    expected = [ctypes.sizeof(s) for s in (_Tables, _ForwardCall, _BackwardCall)]
+    if list(sizes) != expected:  # a stale or foreign library: refuse it rather than pass it garbage
+        raise OSError(f"{path}: argument structs of {list(sizes)} bytes, this geomol expects {expected}")
     for suffix in _SUFFIX.values():
         forward, backward = getattr(library, f"gaunt_forward_{suffix}"), getattr(library, f"gaunt_backward_{suffix}")
-        forward.restype = backward.restype = None
-        forward.argtypes = [*[integer] * 4, *product, *[pointer] * 3, long, *[pointer] * 3, integer, integer]
-        backward.argtypes = [*[integer] * 4, *product, *product, *[pointer] * 6, long, *[pointer] * 6, integer, integer]
+        forward.restype = backward.restype = ctypes.c_int
+        forward.argtypes = [ctypes.POINTER(_ForwardCall)]
+        backward.argtypes = [ctypes.POINTER(_BackwardCall)]
     return library
 
 
@@ -114,7 +152,13 @@ def disabled():
 
 def available(*tensors: Tensor) -> bool:
     """Whether the kernel can compute a product of these tensors (CPU, float32/float64, kernel built)."""
-    return _enabled and all(t.device.type == "cpu" and t.dtype in _SUFFIX for t in tensors) and _library() is not None
+    return _enabled and all(t.device.type == "cpu" and t.dtype in _SUFFIX for t in tensors) and _built()
+
+
+@torch.compiler.assume_constant_result
+def _built() -> bool:
+    """Whether the kernel is built here (a constant to ``torch.compile``, which cannot trace the build)."""
+    return _library() is not None
 
 
 _ROWS_PER_THREAD = 1024
@@ -156,7 +200,7 @@ def plan(la: int, lb: int, lc: int, degree: int, dtype: torch.dtype) -> dict[str
         coef=k[m3[first], m1[first], m2[first]].to(dtype).contiguous(),
         n_theta=tables["a"][0].shape[1],
     )
-    plan["pointers"] = [plan[name].data_ptr() for name in _TABLES]
+    plan["tables"] = _Tables(la, lb, lc, plan["n_theta"], *(plan[name].data_ptr() for name in _TABLES))
     return plan
 
 
@@ -176,6 +220,138 @@ def _prepare(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return t.detach().to(dtype).contiguous()
 
 
+def _call(function: str, arguments: ctypes.Structure) -> None:
+    status = getattr(_library(), function)(ctypes.byref(arguments))
+    if status != 0:
+        raise MemoryError(f"geomol: the fused Gaunt kernel could not allocate its scratch memory ({function})")
+
+
+def _forward(a, b, lmaxes, degree, sa=None, sb=None, sc=None):
+    la, lb, lc = lmaxes
+    dtype = a.dtype
+    p = plan(la, lb, lc, degree, dtype)
+    scales = [_prepare(s, dtype) for s in (sa, sb, sc)]
+    channels = next((s.shape[0] for s in scales if s is not None), 1)
+    a, b = _prepare(a, dtype), _prepare(b, dtype)
+    out = a.new_empty(a.shape[0], (lc + 1) ** 2)
+    call = _ForwardCall(p["tables"], a.data_ptr(), b.data_ptr(), out.data_ptr(), a.shape[0])
+    call.sa, call.sb, call.sc = (_pointer(s) for s in scales)
+    call.channels, call.n_threads = channels, _threads(a.shape[0])
+    _call(f"gaunt_forward_{_SUFFIX[dtype]}", call)
+    return out
+
+
+def _backward(grad, x, y, out, lmaxes, degree, weights, needs, channels):
+    l1, l2, l3 = lmaxes
+    dtype = x.dtype
+    px, py = plan(l3, l2, l1, degree, dtype), plan(l3, l1, l2, degree, dtype)
+    need_x, need_y, need_w1, need_w2, need_w3 = needs
+    grad, x, y, out = (_prepare(t, dtype) for t in (grad, x, y, out))
+    w1, w2, w3 = (_prepare(w, dtype) for w in weights)
+    gx = torch.empty_like(x) if need_x or need_w1 else None
+    gy = torch.empty_like(y) if need_y or need_w2 else None
+    sums = [x.new_zeros(channels, (l + 1) ** 2) if need else None for l, need in zip(lmaxes, needs[2:])]
+    call = _BackwardCall(px["tables"], py["tables"], *(_pointer(t) for t in (grad, x, y, out, gx, gy)), x.shape[0])
+    call.w1, call.w2, call.w3, call.gw1, call.gw2, call.gw3 = (_pointer(t) for t in (w1, w2, w3, *sums))
+    call.channels, call.n_threads = channels, _threads(x.shape[0])
+    _call(f"gaunt_backward_{_SUFFIX[dtype]}", call)
+    if need_w3 and w3 is not None:
+        # The kernel summed grad ⊙ out = w3 ⊙ (grad ⊙ u) per channel; where w3 is exactly zero, recompute u.
+        if bool((w3 == 0).any()):
+            u = _forward(x, y, lmaxes, degree, w1, w2)
+            sums[2] = (grad * u).view(-1, channels, u.shape[-1]).sum(0)
+        else:
+            sums[2] = sums[2] / w3
+    return gx if need_x else None, gy if need_y else None, *sums
+
+
+# ---- the custom ops -------------------------------------------------------------------------------------------------
+
+_NONE = 0  # custom ops return no None: a gradient that was not asked for comes back as an empty tensor
+
+
+@torch.library.custom_op("geomol::gaunt_product", mutates_args=(), device_types="cpu")
+def _product_op(
+    a: Tensor, b: Tensor, lmaxes: list[int], degree: int, sa: Tensor | None, sb: Tensor | None, sc: Tensor | None
+) -> Tensor:
+    return _forward(a, b, tuple(lmaxes), degree, sa, sb, sc)
+
+
+@_product_op.register_fake
+def _(a, b, lmaxes, degree, sa, sb, sc):
+    return a.new_empty(a.shape[0], (lmaxes[2] + 1) ** 2)
+
+
+@torch.library.custom_op("geomol::gaunt_product_backward", mutates_args=(), device_types="cpu")
+def _backward_op(
+    grad: Tensor,
+    x: Tensor,
+    y: Tensor,
+    out: Tensor | None,
+    lmaxes: list[int],
+    degree: int,
+    w1: Tensor | None,
+    w2: Tensor | None,
+    w3: Tensor | None,
+    needs: list[bool],
+    channels: int,
+) -> list[Tensor]:
+    grads = _backward(grad, x, y, out, tuple(lmaxes), degree, (w1, w2, w3), tuple(needs), channels)
+    return [x.new_empty(_NONE) if g is None else g for g in grads]
+
+
+@_backward_op.register_fake
+def _(grad, x, y, out, lmaxes, degree, w1, w2, w3, needs, channels):
+    shapes = (x.shape, y.shape, *((channels, (l + 1) ** 2) for l in lmaxes))
+    return [x.new_empty(shape if need else (_NONE,)) for shape, need in zip(shapes, needs)]
+
+
+def _per_row(scale: Tensor, rows: Tensor) -> Tensor:
+    """``rows ⊙ scale`` with row ``r`` taking ``scale``'s row ``r % C``: ``[R, K] x [C, K] -> [R, K]``."""
+    return (rows.view(-1, *scale.shape) * scale).view(rows.shape)
+
+
+def _channel_sum(rows: Tensor, channels: int) -> Tensor:
+    return rows.view(-1, channels, rows.shape[-1]).sum(0)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    a, b, lmaxes, degree, sa, sb, sc = inputs
+    ctx.lmaxes, ctx.degree = tuple(lmaxes), degree
+    ctx.save_for_backward(a, b, sa, sb, sc, output)
+
+
+def _product_backward(ctx, grad):
+    """Γ is symmetric in its three indices: ∂/∂a is the product of ``sc ⊙ grad`` with ``sb ⊙ b`` on a's degrees.
+    First-order backwards run the fused backward op; under ``create_graph`` the gradients are products again."""
+    a, b, sa, sb, sc, out = ctx.saved_tensors
+    la, lb, lc = ctx.lmaxes
+    need_a, need_b, _, _, need_sa, need_sb, need_sc = ctx.needs_input_grad
+    channels = next((s.shape[0] for s in (sa, sb, sc) if s is not None), 1)
+    if not torch.is_grad_enabled():
+        needs = [need_a, need_b, need_sa, need_sb, need_sc]
+        grads = _backward_op(
+            grad, a, b, out if need_sc else None, [la, lb, lc], ctx.degree, sa, sb, sc, needs, channels
+        )
+        ga, gb, gsa, gsb, gsc = (g if need else None for g, need in zip(grads, needs))
+        return ga, gb, None, None, gsa, gsb, gsc
+    ga = gb = gsa = gsb = gsc = None
+    if need_a or need_sa:
+        u = _product_op(grad, b, [lc, lb, la], ctx.degree, sc, sb, None)
+        ga = u if sa is None else _per_row(sa, u)
+        gsa = _channel_sum(u * a, channels) if need_sa else None
+    if need_b or need_sb:
+        u = _product_op(grad, a, [lc, la, lb], ctx.degree, sc, sa, None)
+        gb = u if sb is None else _per_row(sb, u)
+        gsb = _channel_sum(u * b, channels) if need_sb else None
+    if need_sc:
+        gsc = _channel_sum(grad * _product_op(a, b, [la, lb, lc], ctx.degree, sa, sb, None), channels)
+    return ga if need_a else None, gb if need_b else None, None, None, gsa, gsb, gsc
+
+
+_product_op.register_autograd(_product_backward, setup_context=_setup_context)
+
+
 def forward(
     a: Tensor,
     b: Tensor,
@@ -185,25 +361,14 @@ def forward(
     sb: Tensor | None = None,
     sc: Tensor | None = None,
 ) -> Tensor:
-    """``sc ⊙ Γ(sa ⊙ a, sb ⊙ b)``; no autograd (see ``geomol.nn.gaunt._GauntProduct``).
+    """``sc ⊙ Γ(sa ⊙ a, sb ⊙ b)`` through the op ``geomol::gaunt_product`` (differentiable in every input).
 
     Scales ``[C, K]`` act on row ``r``'s channel ``r % C``.
 
     Shapes:
         a ``[R, (la+1)²]``, b ``[R, (lb+1)²]`` -> ``[R, (lc+1)²]``.
     """
-    la, lb, lc = lmaxes
-    dtype = a.dtype
-    p = plan(la, lb, lc, degree, dtype)
-    scales = [_prepare(s, dtype) for s in (sa, sb, sc)]
-    channels = next((s.shape[0] for s in scales if s is not None), 1)
-    a, b = _prepare(a, dtype), _prepare(b, dtype)
-    out = a.new_empty(a.shape[0], (lc + 1) ** 2)
-    getattr(_library(), f"gaunt_forward_{_SUFFIX[dtype]}")(
-        la, lb, lc, p["n_theta"], *p["pointers"], a.data_ptr(), b.data_ptr(), out.data_ptr(), a.shape[0],
-        *(_pointer(s) for s in scales), channels, _threads(a.shape[0]),
-    )  # fmt: skip
-    return out
+    return _product_op(a, b, list(lmaxes), degree, sa, sb, sc)
 
 
 def backward(
@@ -217,30 +382,11 @@ def backward(
     needs: tuple[bool, bool, bool, bool, bool],
     channels: int,
 ) -> tuple[Tensor | None, ...]:
-    """Gradients of ``out = w3 ⊙ Γ(w1 ⊙ x, w2 ⊙ y)`` for the output gradient ``grad``; no autograd.
+    """Gradients of ``out = w3 ⊙ Γ(w1 ⊙ x, w2 ⊙ y)`` for the output gradient ``grad`` (op
+    ``geomol::gaunt_product_backward``, one fused pass; not differentiable itself).
 
     ``needs`` says which of ``x, y, w1, w2, w3`` need a gradient; ``out`` is the forward's output (needed for
     ``w3``). Returns ``gx, gy, gw1, gw2, gw3`` (None where not needed); weight gradients are ``[C, K]``.
     """
-    l1, l2, l3 = lmaxes
-    dtype = x.dtype
-    px, py = plan(l3, l2, l1, degree, dtype), plan(l3, l1, l2, degree, dtype)
-    need_x, need_y, need_w1, need_w2, need_w3 = needs
-    grad, x, y, out = (_prepare(t, dtype) for t in (grad, x, y, out))
-    w1, w2, w3 = (_prepare(w, dtype) for w in weights)
-    gx = torch.empty_like(x) if need_x or need_w1 else None
-    gy = torch.empty_like(y) if need_y or need_w2 else None
-    sums = [x.new_zeros(channels, (l + 1) ** 2) if need else None for l, need in zip(lmaxes, needs[2:])]
-    getattr(_library(), f"gaunt_backward_{_SUFFIX[dtype]}")(
-        l1, l2, l3, px["n_theta"], *px["pointers"], *py["pointers"],
-        *(_pointer(t) for t in (grad, x, y, out, gx, gy)), x.shape[0],
-        *(_pointer(t) for t in (w1, w2, w3, *sums)), channels, _threads(x.shape[0]),
-    )  # fmt: skip
-    if need_w3 and w3 is not None:
-        # The kernel summed grad ⊙ out = w3 ⊙ (grad ⊙ u) per channel; where w3 is exactly zero, recompute u.
-        if bool((w3 == 0).any()):
-            u = forward(x, y, lmaxes, degree, w1, w2)
-            sums[2] = (grad * u).view(-1, channels, u.shape[-1]).sum(0)
-        else:
-            sums[2] = sums[2] / w3
-    return gx if need_x else None, gy if need_y else None, *sums
+    grads = _backward_op(grad, x, y, out, list(lmaxes), degree, *weights, list(needs), channels)
+    return tuple(g if need else None for g, need in zip(grads, needs))

@@ -112,12 +112,24 @@ def test_output_weight_gradient_where_a_weight_is_zero():
     torch.testing.assert_close(grads[4], ref_grads[4], rtol=1e-11, atol=1e-11)
 
 
-def test_portable_build_without_avx512_agrees(tmp_path, monkeypatch):
-    """CPUs without AVX-512 take the generic transposes: build for plain x86-64-v2 and compare with the torch path."""
+def _cpu_flags() -> set[str]:
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return set()
+    return set(next((line for line in text.splitlines() if line.startswith("flags")), "").split())
+
+
+@pytest.mark.parametrize("march", ["x86-64-v2", "x86-64-v3"])
+def test_portable_build_without_avx512_agrees(march, tmp_path, monkeypatch):
+    """CPUs without AVX-512 take 32-byte vectors and AVX2 transposes (x86-64-v3) or 16-byte vectors and scalar
+    transposes (x86-64-v2): build for each and compare with the torch path."""
     if "x86_64" not in os.uname().machine:
         pytest.skip("the portable flags below are for x86-64")
+    if march == "x86-64-v3" and not {"avx2", "fma"} <= _cpu_flags():
+        pytest.skip("this CPU cannot run x86-64-v3 code")
     monkeypatch.setenv("GEOMOL_CACHE", str(tmp_path))
-    flags = tuple(f for f in gaunt_kernel._FLAGS if not f.startswith("-march")) + ("-march=x86-64-v2",)
+    flags = tuple(f for f in gaunt_kernel._FLAGS if not f.startswith("-march")) + (f"-march={march}",)
     library = gaunt_kernel.build(flags)
     monkeypatch.setattr(gaunt_kernel, "_library", lambda: library)
     g = torch.Generator().manual_seed(3)
@@ -129,3 +141,63 @@ def test_portable_build_without_avx512_agrees(tmp_path, monkeypatch):
     torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-4)
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-3)
+
+
+def test_ops_are_registered_with_fake_and_autograd():
+    """``torch.library.opcheck``: schema, fake (shape) implementation, autograd registration, AOT dispatch."""
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(40, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(40, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    scales = [(torch.rand(4, k, generator=g, dtype=torch.float64) + 0.5).requires_grad_() for k in (9, 4, 16)]
+    torch.library.opcheck(torch.ops.geomol.gaunt_product.default, (a, b, [2, 1, 3], 6, *scales))
+    grad = torch.randn(40, 16, generator=g, dtype=torch.float64)
+    out = gaunt_kernel.forward(a.detach(), b.detach(), (2, 1, 3), 6, *scales).detach()
+    arguments = (grad, a.detach(), b.detach(), out, [2, 1, 3], 6, *(s.detach() for s in scales), [True] * 5, 4)
+    torch.library.opcheck(torch.ops.geomol.gaunt_product_backward.default, arguments)
+
+
+def test_op_gradients_of_every_order():
+    """The op's registered backward against finite differences, first and second order, scales included."""
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(8, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(8, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    scales = [(torch.rand(2, 9, generator=g, dtype=torch.float64) + 0.5).requires_grad_() for _ in range(3)]
+    product = lambda a, b, *s: gaunt_kernel.forward(a, b, (2, 2, 2), 6, *s)  # noqa: E731
+    assert torch.autograd.gradcheck(product, (a, b, *scales))
+    assert torch.autograd.gradgradcheck(product, (a, b, *scales))
+
+
+def test_compiled_product_equals_eager():
+    """``torch.compile(fullgraph=True)`` traces the fused product and its backward without a graph break."""
+    g = torch.Generator().manual_seed(6)
+    tp = GauntTensorProduct(2, 1, 2, channels=4).double()
+    x = torch.randn(10, 4, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(10, 4, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    compiled = torch.compile(tp, fullgraph=True, backend="aot_eager")
+    out = compiled(x, y)
+    grads = torch.autograd.grad(out.square().sum(), [x, y, *tp.parameters()])
+    ref = tp(x, y)
+    ref_grads = torch.autograd.grad(ref.square().sum(), [x, y, *tp.parameters()])
+    torch.testing.assert_close(out, ref, rtol=1e-13, atol=1e-13)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+
+
+def test_a_failed_allocation_raises():
+    """The kernel checks its scratch allocations: a call whose scratch cannot exist (a plan claiming 2³¹ θ nodes:
+    about 800 GB per thread) raises MemoryError instead of writing through a null pointer."""
+    try:
+        overcommit = open("/proc/sys/vm/overcommit_memory").read().strip()
+    except OSError:
+        overcommit = "unknown"
+    if overcommit != "0":  # "1" grants any size (then the memset would touch it all); "2"/unknown: not checked
+        pytest.skip(f"vm.overcommit_memory is {overcommit}: a huge allocation is not refused for certain")
+    p = gaunt_kernel.plan(0, 0, 0, 0, torch.float32)
+    tables = gaunt_kernel._Tables.from_buffer_copy(p["tables"])
+    tables.n_theta = 2**31 - 1
+    a, b, out = torch.ones(1, 1), torch.ones(1, 1), torch.zeros(1, 1)
+    call = gaunt_kernel._ForwardCall(tables, a.data_ptr(), b.data_ptr(), out.data_ptr(), 1)
+    call.channels, call.n_threads = 1, 1
+    with pytest.raises(MemoryError, match="could not allocate its scratch memory"):
+        gaunt_kernel._call("gaunt_forward_f32", call)
+    assert out.item() == 0  # nothing was computed

@@ -27,19 +27,28 @@
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
-// Rows per tile; each step works on whole SIMD vectors of rows (GCC/Clang vector extension, split into
-// narrower registers by the compiler where the CPU has no 64-byte vectors). Explicit vectors keep the compiler
-// from vectorising the wrong loop (it gathers across table entries otherwise).
+// Rows per tile; each step works on whole SIMD vectors of rows (GCC/Clang vector extension). Explicit vectors keep
+// the compiler from vectorising the wrong loop (it gathers across table entries otherwise). Their width is the
+// CPU's register width: a 64-byte vector type on an AVX2 CPU is split by GCC into pieces that go through the stack,
+// which made every step 4–7× slower there (measured on AMD Zen 3, 2026-12-03).
 constexpr int TILE = 32;
+
+#if defined(__AVX512F__)
+#define GAUNT_VECTOR_BYTES 64
+#elif defined(__AVX__)
+#define GAUNT_VECTOR_BYTES 32
+#else
+#define GAUNT_VECTOR_BYTES 16
+#endif
 
 template <typename T>
 struct Tile {
-    typedef T V __attribute__((vector_size(64)));
-    static constexpr int NV = TILE * sizeof(T) / 64;  // vectors per tile
+    typedef T V __attribute__((vector_size(GAUNT_VECTOR_BYTES)));
+    static constexpr int NV = TILE * sizeof(T) / GAUNT_VECTOR_BYTES;  // vectors per tile
 };
 
 template <typename T>
@@ -81,6 +90,32 @@ static inline void transpose16(__m512 r[16]) {
 }
 #endif
 
+#if defined(__AVX2__) && !defined(__AVX512F__)
+// 8×8 transpose of float vectors in registers (the AVX2 counterpart of transpose16).
+static inline void transpose8(__m256 r[8]) {
+    __m256 t[8], u[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; i++) {  // u[4i + q], 128-bit lane L: column 4L + q of rows 4i .. 4i+3
+        u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int q = 0; q < 4; q++) {
+        r[q] = _mm256_permute2f128_ps(u[q], u[4 + q], 0x20);
+        r[4 + q] = _mm256_permute2f128_ps(u[q], u[4 + q], 0x31);
+    }
+}
+
+static inline __m256i first_lanes(int count) {  // mask of the first count (0..8) of 8 lanes
+    const __m256i index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(count), index);
+}
+#endif
+
 // Rows row0 .. row0+n-1 of src [rows][k] -> dst [k][TILE], zero past row n.
 template <typename T>
 static void transpose_in(const T *src, int k, long row0, int n, T *dst) {
@@ -95,6 +130,22 @@ static void transpose_in(const T *src, int k, long row0, int n, T *dst) {
                     for (int t = 0; t < 16; t++) r[t] = _mm512_maskz_loadu_ps(mask, src + (row0 + t0 + t) * k + j0);
                     transpose16(r);
                     for (int j = 0; j < 16 && j0 + j < k; j++) _mm512_store_ps(dst + (j0 + j) * TILE + t0, r[j]);
+                }
+            return;
+        }
+    }
+#endif
+#if defined(__AVX2__) && !defined(__AVX512F__)
+    if constexpr (std::is_same_v<T, float>) {
+        if (n == TILE) {
+            for (int t0 = 0; t0 < TILE; t0 += 8)
+                for (int j0 = 0; j0 < k; j0 += 8) {
+                    const __m256i mask = first_lanes(k - j0);
+                    __m256 r[8];
+#pragma GCC unroll 8
+                    for (int t = 0; t < 8; t++) r[t] = _mm256_maskload_ps(src + (row0 + t0 + t) * k + j0, mask);
+                    transpose8(r);
+                    for (int j = 0; j < 8 && j0 + j < k; j++) _mm256_store_ps(dst + (j0 + j) * TILE + t0, r[j]);
                 }
             return;
         }
@@ -120,6 +171,23 @@ static void transpose_out(const T *u, int k, long row0, int n, T *dst) {
                     transpose16(r);
 #pragma GCC unroll 16
                     for (int t = 0; t < 16; t++) _mm512_mask_storeu_ps(dst + (row0 + t0 + t) * k + j0, mask, r[t]);
+                }
+            return;
+        }
+    }
+#endif
+#if defined(__AVX2__) && !defined(__AVX512F__)
+    if constexpr (std::is_same_v<T, float>) {
+        if (n == TILE) {
+            for (int t0 = 0; t0 < TILE; t0 += 8)
+                for (int j0 = 0; j0 < k; j0 += 8) {
+                    const __m256i mask = first_lanes(k - j0);
+                    __m256 r[8];
+                    for (int j = 0; j < 8; j++)
+                        r[j] = j0 + j < k ? _mm256_load_ps(u + (j0 + j) * TILE + t0) : _mm256_setzero_ps();
+                    transpose8(r);
+#pragma GCC unroll 8
+                    for (int t = 0; t < 8; t++) _mm256_maskstore_ps(dst + (row0 + t0 + t) * k + j0, mask, r[t]);
                 }
             return;
         }
@@ -238,8 +306,10 @@ static void product(const Product<T> &P, const T *As, const T *Bs, T *Cs, T *out
     const int n_theta = P.n_theta, Lc = P.Lc;
     const V *A = (const V *)As, *B = (const V *)Bs;
     V *C = (V *)Cs;
-    for (int m3 = 0; m3 < 2 * Lc + 1; m3++)
-        for (int i = 0; i < n_theta; i++) {
+    // θ node outermost: the orders of A, B and C at one node (3 × (2L+1) vectors) stay in L1 while every
+    // output order is formed; order-major loops stream all of A and B once per output order instead.
+    for (int i = 0; i < n_theta; i++)
+        for (int m3 = 0; m3 < 2 * Lc + 1; m3++) {
             V acc[NV] = {};
             for (int g = P.start[m3]; g < P.start[m3 + 1]; g++) {
                 V sum[NV] = {};
@@ -261,9 +331,11 @@ struct Scratch {
     T *base, *next;
     explicit Scratch(size_t values) {
         base = next = (T *)aligned_alloc(64, ((values * TILE * sizeof(T) + 63) / 64) * 64);
-        memset(base, 0, values * TILE * sizeof(T));
+        if (base) memset(base, 0, values * TILE * sizeof(T));
     }
-    T *take(size_t rows_of_tile) {  // a block of rows_of_tile × TILE values
+    bool ok() const { return base != nullptr; }
+    T *take(size_t rows_of_tile) {  // a block of rows_of_tile × TILE values (nullptr if the allocation failed)
+        if (!base) return nullptr;
         T *block = next;
         next += rows_of_tile * TILE;
         return block;
@@ -284,7 +356,7 @@ struct Scales {
         for (int i = 0; i < 3; i++)
             if (table[i]) {
                 S[i] = scratch.take(k[i]);
-                if (fixed) lanes(table[i], k[i], 0, channels, S[i]);
+                if (fixed && S[i]) lanes(table[i], k[i], 0, channels, S[i]);
             }
     }
     void at(long row0) {
@@ -300,11 +372,16 @@ static void reduce(T *partial, T *total, size_t count) {
     for (size_t j = 0; j < count; j++) total[j] += partial[j];
 }
 
+// Both return GAUNT_OK, or GAUNT_OUT_OF_MEMORY when a thread's scratch could not be allocated (the outputs are then
+// incomplete; the caller raises).
+enum { GAUNT_OK = 0, GAUNT_OUT_OF_MEMORY = 1 };
+
 template <typename T>
-static void gaunt_forward(const Product<T> &P, const T *a, const T *b, T *out, long rows, const T *sa, const T *sb,
-                          const T *sc, int channels, int n_threads) {
+static int gaunt_forward(const Product<T> &P, const T *a, const T *b, T *out, long rows, const T *sa, const T *sb,
+                         const T *sc, int channels, int n_threads) {
     const int ka = dim(P.La), kb = dim(P.Lb), kc = dim(P.Lc), nt = P.n_theta;
     const long n_tiles = (rows + TILE - 1) / TILE;
+    int status = GAUNT_OK;
 #pragma omp parallel num_threads(n_threads)
     {
         Scratch<T> scratch(2 * (size_t)(ka + kb + kc) + (size_t)nt * (2 * P.La + 2 * P.Lb + 2 * P.Lc + 3));
@@ -312,8 +389,14 @@ static void gaunt_forward(const Product<T> &P, const T *a, const T *b, T *out, l
         T *A = scratch.take((2 * P.La + 1) * nt), *B = scratch.take((2 * P.Lb + 1) * nt);
         T *C = scratch.take((2 * P.Lc + 1) * nt);
         Scales<T> s(sa, ka, sb, kb, sc, kc, channels, scratch);
+        const bool ok = scratch.ok();
+        if (!ok) {
+#pragma omp atomic write
+            status = GAUNT_OUT_OF_MEMORY;
+        }
 #pragma omp for schedule(static)
         for (long tile = 0; tile < n_tiles; tile++) {
+            if (!ok) continue;  // every thread still takes part in the worksharing loop
             const long row0 = tile * TILE;
             const int n = rows - row0 < TILE ? (int)(rows - row0) : TILE;
             s.at(row0);
@@ -328,6 +411,7 @@ static void gaunt_forward(const Product<T> &P, const T *a, const T *b, T *out, l
             transpose_out(xc, kc, row0, n, out);
         }
     }
+    return status;
 }
 
 // One input's gradient for a tile: Γ(w3 ⊙ g, w_other ⊙ other) on the input's degrees (G holds the Legendre step of
@@ -353,12 +437,13 @@ static void input_gradient(const Product<T> &P, const T *G, const T *other, int 
 // summed per lane over the tiles (vector FMAs) and folded into channels at the end (or per tile when the
 // channel count does not divide TILE).
 template <typename T>
-static void gaunt_backward(const Product<T> &Px, const Product<T> &Py, const T *g, const T *x, const T *y,
-                           const T *u, T *gx, T *gy, long rows, const T *w1, const T *w2, const T *w3, T *gw1,
-                           T *gw2, T *gw3, int channels, int n_threads) {
+static int gaunt_backward(const Product<T> &Px, const Product<T> &Py, const T *g, const T *x, const T *y,
+                          const T *u, T *gx, T *gy, long rows, const T *w1, const T *w2, const T *w3, T *gw1,
+                          T *gw2, T *gw3, int channels, int n_threads) {
     const int L1 = Px.Lc, L2 = Py.Lc, L3 = Px.La, nt = Px.n_theta;
     const int k1 = dim(L1), k2 = dim(L2), k3 = dim(L3), kmax = k1 > k2 ? k1 : k2;
     const long n_tiles = (rows + TILE - 1) / TILE;
+    int status = GAUNT_OK;
 #pragma omp parallel num_threads(n_threads)
     {
         Scratch<T> scratch(4 * (size_t)(k1 + k2 + k3) + 3 * (size_t)kmax +
@@ -372,6 +457,11 @@ static void gaunt_backward(const Product<T> &Px, const Product<T> &Py, const T *
         Scales<T> s(w1, k1, w2, k2, w3, k3, channels, scratch);
         T *dot = (T *)calloc((size_t)channels * (k1 + k2 + k3), sizeof(T));
         T *dot1 = dot, *dot2 = dot1 + (size_t)channels * k1, *dot3 = dot2 + (size_t)channels * k2;
+        const bool ok = scratch.ok() && dot != nullptr;
+        if (!ok) {
+#pragma omp atomic write
+            status = GAUNT_OUT_OF_MEMORY;
+        }
         auto fold_all = [&](long row0) {
             if (acc1) fold(acc1, k1, row0, channels, dot1);
             if (acc2) fold(acc2, k2, row0, channels, dot2);
@@ -379,6 +469,7 @@ static void gaunt_backward(const Product<T> &Px, const Product<T> &Py, const T *
         };
 #pragma omp for schedule(static)
         for (long tile = 0; tile < n_tiles; tile++) {
+            if (!ok) continue;
             const long row0 = tile * TILE;
             const int n = rows - row0 < TILE ? (int)(rows - row0) : TILE;
             s.at(row0);
@@ -394,33 +485,74 @@ static void gaunt_backward(const Product<T> &Px, const Product<T> &Py, const T *
             if (gy) input_gradient(Py, G, x, k1, S1, y, k2, S2, row0, n, xx, X, C, xo, z, acc2, gy);
             if (!s.fixed) fold_all(row0);
         }
-        if (s.fixed) fold_all(0);
-        if (gw1) reduce(dot1, gw1, (size_t)channels * k1);
-        if (gw2) reduce(dot2, gw2, (size_t)channels * k2);
-        if (gw3) reduce(dot3, gw3, (size_t)channels * k3);
+        if (ok) {
+            if (s.fixed) fold_all(0);
+            if (gw1) reduce(dot1, gw1, (size_t)channels * k1);
+            if (gw2) reduce(dot2, gw2, (size_t)channels * k2);
+            if (gw3) reduce(dot3, gw3, (size_t)channels * k3);
+        }
         free(dot);
     }
+    return status;
 }
 
-#define PRODUCT(T, P) const T *P##_leg_a, const T *P##_leg_b, const T *P##_leg_c, const T *P##_coef, \
-    const int *P##_start, const int *P##_gstart, const int *P##_m1, const int *P##_m2
-#define MAKE(P, La, Lb, Lc) {La, Lb, Lc, n_theta, P##_leg_a, P##_leg_b, P##_leg_c, P##_coef, P##_start, \
-    P##_gstart, P##_m1, P##_m2}
+// The C interface: one struct of arguments per call (mirrored by ctypes Structures in gaunt_kernel.py, whose
+// sizes gaunt_struct_sizes reports so that a mismatch is caught at load time). Pointers of the tables and the
+// tensors are float or double as the entry point's suffix says.
+extern "C" {
+struct GauntTables {  // one product Γ: (≤ La) × (≤ Lb) -> (≤ Lc), as gaunt_kernel.plan lays it out
+    int La, Lb, Lc, n_theta;
+    const void *leg_a, *leg_b, *leg_c, *coef;
+    const int *start, *gstart, *m1, *m2;
+};
 
-#define GAUNT_ENTRIES(T, SUFFIX)                                                                             \
-    extern "C" void gaunt_forward_##SUFFIX(int La, int Lb, int Lc, int n_theta, PRODUCT(T, p), const T *a, \
-                                           const T *b, T *out, long rows, const T *sa, const T *sb,         \
-                                           const T *sc, int channels, int n_threads) {                      \
-        const Product<T> P = MAKE(p, La, Lb, Lc);                                                            \
-        gaunt_forward(P, a, b, out, rows, sa, sb, sc, channels, n_threads);                                  \
-    }                                                                                                        \
-    extern "C" void gaunt_backward_##SUFFIX(int L1, int L2, int L3, int n_theta, PRODUCT(T, px),           \
-                                            PRODUCT(T, py), const T *g, const T *x, const T *y, const T *u, \
-                                            T *gx, T *gy, long rows, const T *w1, const T *w2, const T *w3, \
-                                            T *gw1, T *gw2, T *gw3, int channels, int n_threads) {          \
-        const Product<T> Px = MAKE(px, L3, L2, L1), Py = MAKE(py, L3, L1, L2);                               \
-        gaunt_backward(Px, Py, g, x, y, u, gx, gy, rows, w1, w2, w3, gw1, gw2, gw3, channels, n_threads);    \
-    }
+struct GauntForwardCall {  // out = sc ⊙ Γ(sa ⊙ a, sb ⊙ b)
+    GauntTables p;
+    const void *a, *b;
+    void *out;
+    long rows;
+    const void *sa, *sb, *sc;  // [channels][k] or NULL
+    int channels, n_threads;
+};
 
-GAUNT_ENTRIES(float, f32)
-GAUNT_ENTRIES(double, f64)
+struct GauntBackwardCall {  // px: (L3, L2) -> L1, py: (L3, L1) -> L2; see gaunt_backward
+    GauntTables px, py;
+    const void *g, *x, *y, *u;
+    void *gx, *gy;  // NULL: not needed
+    long rows;
+    const void *w1, *w2, *w3;
+    void *gw1, *gw2, *gw3;  // [channels][k], zeroed by the caller, or NULL
+    int channels, n_threads;
+};
+
+void gaunt_struct_sizes(long *sizes) {
+    sizes[0] = sizeof(GauntTables);
+    sizes[1] = sizeof(GauntForwardCall);
+    sizes[2] = sizeof(GauntBackwardCall);
+}
+}
+
+template <typename T>
+static Product<T> product_of(const GauntTables &t) {
+    return {t.La, t.Lb, t.Lc, t.n_theta, (const T *)t.leg_a, (const T *)t.leg_b, (const T *)t.leg_c,
+            (const T *)t.coef, t.start, t.gstart, t.m1, t.m2};
+}
+
+template <typename T>
+static int forward_call(const GauntForwardCall *c) {
+    return gaunt_forward(product_of<T>(c->p), (const T *)c->a, (const T *)c->b, (T *)c->out, c->rows,
+                         (const T *)c->sa, (const T *)c->sb, (const T *)c->sc, c->channels, c->n_threads);
+}
+
+template <typename T>
+static int backward_call(const GauntBackwardCall *c) {
+    return gaunt_backward(product_of<T>(c->px), product_of<T>(c->py), (const T *)c->g, (const T *)c->x,
+                          (const T *)c->y, (const T *)c->u, (T *)c->gx, (T *)c->gy, c->rows, (const T *)c->w1,
+                          (const T *)c->w2, (const T *)c->w3, (T *)c->gw1, (T *)c->gw2, (T *)c->gw3, c->channels,
+                          c->n_threads);
+}
+
+extern "C" int gaunt_forward_f32(const GauntForwardCall *c) { return forward_call<float>(c); }
+extern "C" int gaunt_forward_f64(const GauntForwardCall *c) { return forward_call<double>(c); }
+extern "C" int gaunt_backward_f32(const GauntBackwardCall *c) { return backward_call<float>(c); }
+extern "C" int gaunt_backward_f64(const GauntBackwardCall *c) { return backward_call<double>(c); }
