@@ -9,18 +9,28 @@ rotation ±20°, shear ±0.2, scale 0.8–1.2, translation) — not the original
     python bench/affine_mnist.py --seeds 0 1 2 3 4          # the table below, in one run (~2 h, 1 thread)
     python bench/affine_mnist.py --recipe authors --conventions all   # the authors' conventions vs geomol's
 
+The network is the one ``train.py experiment=...`` builds: ``--recipe geomol-cpu`` composes
+``experiment=affine_cnn_mnist_cpu`` (with one difference, its SPD factors drawn as quasi-random quantiles:
+``model.net.sampler.spd_sampling=quasi``, the setting the table below was measured with; with ``spd_std``
+0 the factor is the identity either way, but i.i.d. draws advance the generator before the uniform turns,
+so the two draw other turns), ``--recipe authors`` composes ``experiment=affine_cnn_mnist``. Each option
+below that is given overrides that config's key (``--spd-law`` is ``model.net.sampler.spd_law``,
+``--blocks`` is ``model.net.num_blocks`` …, see ``OPTION_KEYS``); the optimizer, learning rate, weight decay,
+final learning rate and batch size come from the same config unless given (the schedule is always a
+per-step cosine over the run).
+
 Two modes. By default AffineCNN (geomol's CPU-budget setting, ``--recipe geomol-cpu``) is compared with a
 PlainCNN of the same size. With ``--conventions`` the bench trains AffineCNN variants instead, at an equal
 budget (the same digits in the same order, steps, batch, optimizer, schedule, seed and thread count; the
 parameter counts and wall times are reported, they differ between layouts): the authors' model
 (``authors``: every convention of github.com/mirceamironenco/rgenn, as ``experiment=affine_cnn_mnist``
-sets them) and the same model with one of geomol's options switched on (``spd_law=geomol``,
+sets them, ``geomol.models.affine_cnn.AUTHORS_CONVENTIONS``) and the same model with one of geomol's options switched on (``spd_law=geomol``,
 ``mask=smooth``, ``offsets=unit``, ``reduce=mean``, ``siren_bias=uniform``, ``angles=equidistant``,
 ``chart=centred``, ``eval=fixed``, ``layout=geomol``, ``zero_background``), all of geomol's together
 (``geomol``: the experiment's defaults before the authors' recipe, 2 blocks, affine norms), and the
 authors' per-layer sample sets (``sets=per_layer``, their code exactly). Every variant starts from the
-authors' conventions; sizes, sampling spread, optimizer and budget come from the arguments, whose
-defaults ``--recipe authors`` sets to the authors' recipe (SL(2), 10 samples, SPD variance 0.1, 40
+authors' conventions; sizes, sampling spread, optimizer and budget come from the recipe's config and the
+options, which with ``--recipe authors`` are the authors' recipe (SL(2), 10 samples, SPD variance 0.1, 40
 channels, SIRENs 60 wide with ω₀ = 10, mixing, head 256 with LayerNorm, Adam lr 2e-4 with weight
 decay 5e-3, cosine to 1e-7 per step, batch 128). Their full size needs a GPU (about 3·10¹² FLOPs per
 forward pass at batch 128); on a CPU shrink it, e.g. the smallest setting (a minute or two a variant on
@@ -101,119 +111,95 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
+from geomol.cli.common import compose_config
 from geomol.data.images import MNISTAffineDataModule
-from geomol.models.affine_cnn import PlainCNN
+from geomol.models.affine_cnn import AUTHORS_CONVENTIONS, PlainCNN
 from geomol.tasks.image import ImageTask
 
-# The authors' conventions (AffineCNN arguments), as experiment=affine_cnn_mnist sets them. With
-# --conventions every variant starts from these; sizes, sampling spread, optimizer and budget come from the
-# arguments (whose defaults --recipe sets).
-AUTHORS_CONVENTIONS = dict(
-    layout="authors",
-    num_blocks=1,
-    norm_affine=False,
-    conv_bias=False,
-    spd_law="authors",
-    angles="linspace",
-    eval_angles=None,
-    angle_chart="positive",
-    mask_type="authors",
-    offsets="affine_grid",
-    sample_reduce="sum",
-    siren_bias_init="zero",
-    eval_resample=True,
-    sample_sets="shared",
-    zero_background=False,
-)
-# --recipe: defaults of the bench's arguments. geomol-cpu: the measured CPU setting (the table above);
-# authors: rgenn's train.py defaults and conventions.
+# --recipe: the experiment config the bench builds AffineCNN (and takes its optimizer and batch size) from,
+# with the bench's own overrides. geomol-cpu: the measured CPU setting (the table above); authors: rgenn's
+# train.py defaults and conventions.
 RECIPES = {
-    "geomol-cpu": dict(
-        group="sl2",
-        num_samples=4,
-        eval_num_samples=8,
-        angle_range=1 / 6,
-        angles="uniform",
-        eval_angles="equidistant",
-        eval_angle_range=0.125,
-        spd_std=0.0,
-        spd_law="geomol",
-        spd_sampling="quasi",
-        mix_samples=False,
-        resample=True,
-        eval_resample=False,
-        zero_background=True,
-        omega_0=3.0,
-        channels=20,
-        blocks=1,
-        layout="geomol",
-        norm_affine=True,
-        conv_bias=None,
-        siren_hidden=16,
-        siren_layers=3,
-        siren_bias_init="uniform",
-        offsets="unit",
-        mask_type="smooth",
-        sample_reduce="mean",
-        angle_chart="centred",
-        sample_sets="shared",
-        head_hidden=64,
-        head_norm="batch",
-        dropout=0.3,
-        optimizer="adamw",
-        lr=1e-3,
-        weight_decay=1e-4,
-        eta_min=0.0,
-        batch_size=32,
-    ),
-    "authors": {("blocks" if key == "num_blocks" else key): value for key, value in AUTHORS_CONVENTIONS.items()}
-    | dict(
-        group="sl2",
-        num_samples=10,
-        eval_num_samples=None,
-        angle_range=1.0,
-        eval_angle_range=None,
-        spd_std=math.sqrt(0.1),
-        spd_sampling="random",
-        mix_samples=True,
-        resample=True,
-        omega_0=10.0,
-        channels=40,
-        siren_hidden=60,
-        siren_layers=3,
-        head_hidden=256,
-        head_norm="layer",
-        dropout=0.3,
-        optimizer="adam",
-        lr=2e-4,
-        weight_decay=5e-3,
-        eta_min=1e-7,
-        batch_size=128,
-    ),
+    "geomol-cpu": ("affine_cnn_mnist_cpu", {"model.net.sampler.spd_sampling": "quasi"}),
+    "authors": ("affine_cnn_mnist", {}),
 }
-# --conventions: AffineCNN variants on top of the authors' model; each switches on one of geomol's options
-# (overrides of the AffineCNN arguments), "geomol" all of them (experiment=affine_cnn_mnist before the
-# authors' recipe), "sets=per_layer" the authors' SamplingWrapper exactly.
+# The config key (in train.py's config) each command-line option sets; an option not given keeps the
+# recipe's value.
+OPTION_KEYS = {
+    "group": "model.group",
+    "num_samples": "model.num_samples",
+    "angle_range": "model.net.sampler.angle_range",
+    "angles": "model.net.sampler.angles",
+    "spd_std": "model.net.sampler.spd_std",
+    "spd_law": "model.net.sampler.spd_law",
+    "spd_sampling": "model.net.sampler.spd_sampling",
+    "spd_cycle": "model.net.sampler.spd_cycle",
+    "resample": "model.net.sampler.resample",
+    "eval_num_samples": "model.net.eval_sampler.num_samples",
+    "eval_angles": "model.net.eval_sampler.angles",
+    "eval_angle_range": "model.net.eval_sampler.angle_range",
+    "eval_spd_std": "model.net.eval_sampler.spd_std",
+    "eval_resample": "model.net.eval_sampler.resample",
+    "mix_samples": "model.net.mix_samples",
+    "transform": "model.net.transform",
+    "zero_background": "model.net.zero_background",
+    "omega_0": "model.net.omega_0",
+    "mask_radius": "model.net.mask_radius",
+    "mask_slope": "model.net.mask_slope",
+    "mask_type": "model.net.mask_type",
+    "offsets": "model.net.offsets",
+    "sample_reduce": "model.net.sample_reduce",
+    "angle_chart": "model.net.angle_chart",
+    "siren_bias_init": "model.net.siren_bias_init",
+    "sample_sets": "model.net.sample_sets",
+    "layout": "model.net.layout",
+    "norm_affine": "model.net.norm_affine",
+    "conv_bias": "model.net.conv_bias",
+    "channels": "model.net.channels",
+    "blocks": "model.net.num_blocks",
+    "siren_hidden": "model.net.hidden_features",
+    "siren_layers": "model.net.siren_layers",
+    "head_hidden": "model.net.head_hidden",
+    "head_norm": "model.net.head_norm",
+    "dropout": "model.net.dropout",
+    "optimizer": "model.optimizer._target_",
+    "lr": "model.optimizer.lr",
+    "weight_decay": "model.optimizer.weight_decay",
+    "eta_min": "model.scheduler.eta_min",
+    "batch_size": "data.batch_size",
+}
+OPTIMIZERS = {"adamw": "torch.optim.AdamW", "adam": "torch.optim.Adam"}
+# --conventions: AffineCNN variants on top of the authors' model (the recipe's network with
+# AUTHORS_CONVENTIONS); each switches on one of geomol's options (overrides of the AffineCNN config, sampler
+# nodes merged), "geomol" all of them (experiment=affine_cnn_mnist before the authors' recipe),
+# "sets=per_layer" the authors' SamplingWrapper exactly.
 GEOMOL_OPTIONS = {
-    "spd_law=geomol": dict(spd_law="geomol"),
+    "spd_law=geomol": dict(sampler=dict(spd_law="geomol")),
     "mask=smooth": dict(mask_type="smooth"),
     "offsets=unit": dict(offsets="unit"),
     "reduce=mean": dict(sample_reduce="mean"),
     "siren_bias=uniform": dict(siren_bias_init="uniform"),
-    "angles=equidistant": dict(angles="equidistant"),
+    "angles=equidistant": dict(sampler=dict(angles="equidistant")),
     "chart=centred": dict(angle_chart="centred"),
-    "eval=fixed": dict(eval_resample=False),
+    "eval=fixed": dict(eval_sampler=dict(resample=False)),
     "layout=geomol": dict(layout="geomol", num_blocks=2, norm_affine=True, conv_bias=None),
     "zero_background": dict(zero_background=True),
 }
+
+
+def merged(*configs: dict) -> dict:
+    """The configs merged left to right, nested nodes key by key (OmegaConf.merge), as plain dicts."""
+    return OmegaConf.to_container(OmegaConf.merge(*configs))
+
+
 CONVENTIONS = (
     {"authors": {}}
     | GEOMOL_OPTIONS
     | {
-        "geomol": {key: value for option in GEOMOL_OPTIONS.values() for key, value in option.items()}
-        | dict(zero_background=False),
+        "geomol": merged(*GEOMOL_OPTIONS.values(), dict(zero_background=False)),
         "sets=per_layer": dict(sample_sets="per_layer"),
     }
 )
@@ -240,10 +226,14 @@ def _bool_or_none(text: str) -> bool | None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The bench's arguments; ``args.net`` is AffineCNN's config (the recipe's, with the options given), and
+    ``optimizer``, ``lr``, ``weight_decay``, ``eta_min``, ``batch_size`` are filled in from the same config."""
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS
+    )
     parser.add_argument(
-        "--recipe", choices=sorted(RECIPES), default="geomol-cpu", help="defaults of the arguments below"
+        "--recipe", choices=sorted(RECIPES), default="geomol-cpu", help="the experiment config of the network"
     )
     parser.add_argument(
         "--conventions",
@@ -254,6 +244,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"{', '.join(CONVENTIONS)}",
     )
     parser.add_argument("--data-root", default="/work/shared/data/mnist")
+    # Network and optimizer options: each given one overrides the recipe's config key (OPTION_KEYS).
     parser.add_argument("--group", choices=["sl2", "gl2"])
     parser.add_argument("--num-samples", type=int, help="group samples per training step")
     parser.add_argument("--eval-num-samples", type=_optional(int), help="group samples at test time")
@@ -261,11 +252,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--angles", choices=["equidistant", "linspace", "uniform"])
     parser.add_argument("--eval-angles", type=_optional(str), help="equidistant, linspace, uniform or none")
     parser.add_argument("--eval-angle-range", type=_optional(float), help="the test set covers ±r·π")
-    parser.add_argument("--eval-spd-std", type=_optional(float), default=None, help="default: --spd-std")
+    parser.add_argument("--eval-spd-std", type=_optional(float), help="none: as --spd-std")
     parser.add_argument("--spd-std", type=float, help="std of the Gaussian X of the SPD factor (0: turns only)")
     parser.add_argument("--spd-law", choices=["geomol", "authors"], help="P = exp(X) or g = exp(X)^½·R")
     parser.add_argument("--spd-sampling", choices=["random", "quasi"])
-    parser.add_argument("--spd-cycle", type=int, default=0, help="distinct SPD factors, repeated over the angles")
+    parser.add_argument("--spd-cycle", type=int, help="distinct SPD factors, repeated over the angles")
     parser.add_argument(
         "--mix-samples",
         action=argparse.BooleanOptionalAction,
@@ -282,7 +273,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--transform",
         choices=["kernel", "signal"],
-        default="kernel",
         help="group samples act on the kernels (the paper) or on the images/feature maps",
     )
     parser.add_argument(
@@ -291,8 +281,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="both models: bias-free full convolutions and RMS norms (features independent of the digit's place)",
     )
     parser.add_argument("--omega-0", type=float, help="SIREN frequency")
-    parser.add_argument("--mask-radius", type=float, default=1.0)
-    parser.add_argument("--mask-slope", type=float, default=2.0)
+    parser.add_argument("--mask-radius", type=float)
+    parser.add_argument("--mask-slope", type=float)
     parser.add_argument("--mask-type", choices=["smooth", "circular", "authors"])
     parser.add_argument("--offsets", choices=["unit", "affine_grid"])
     parser.add_argument("--sample-reduce", choices=["mean", "sum"])
@@ -317,7 +307,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--test-size", type=int, default=5000, help="test digits (centred and affNIST-style)")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--optimizer", choices=["adamw", "adam"], help="adam: coupled weight decay (the authors')")
+    parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), help="adam: coupled weight decay (the authors')")
     parser.add_argument("--lr", type=float)
     parser.add_argument("--weight-decay", type=float)
     parser.add_argument("--eta-min", type=float, help="final learning rate of the per-step cosine schedule")
@@ -334,8 +324,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="which models to train (default: both; with --conventions only the AffineCNN variants)",
     )
     parser.add_argument("--save-dir", default=None, help="save each trained model's state dict here")
-    recipe, _ = parser.parse_known_args(argv)
-    parser.set_defaults(**RECIPES[recipe.recipe])
     args = parser.parse_args(argv)
     if args.conventions is not None:
         names = list(CONVENTIONS) if args.conventions == ["all"] else args.conventions
@@ -345,25 +333,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.conventions = names
     if args.models is None:
         args.models = ["affine"] if args.conventions else ["affine", "plain"]
+    cfg = recipe_config(args)
+    args.net = OmegaConf.to_container(cfg.model.net, resolve=True)
+    args.optimizer = next(name for name, target in OPTIMIZERS.items() if target == cfg.model.optimizer._target_)
+    args.lr, args.weight_decay = cfg.model.optimizer.lr, cfg.model.optimizer.weight_decay
+    args.eta_min, args.batch_size = cfg.model.scheduler.eta_min, cfg.data.batch_size
     return args
+
+
+def recipe_config(args: argparse.Namespace):
+    """train.py's config for ``experiment=<the recipe's>`` with the bench's overrides and the options given."""
+    experiment, overrides = RECIPES[args.recipe]
+    cfg = compose_config("train", [f"experiment={experiment}"], open_dicts=())
+    given = {key: getattr(args, option) for option, key in OPTION_KEYS.items() if hasattr(args, option)}
+    if "model.optimizer._target_" in given:
+        given["model.optimizer._target_"] = OPTIMIZERS[given["model.optimizer._target_"]]
+    for key, value in (overrides | given).items():
+        OmegaConf.update(cfg, key, value)
+    return cfg
 
 
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def matched_cnn_channels(target: int, args: argparse.Namespace) -> int:
-    """Width of the PlainCNN whose parameter count is closest to ``target``."""
+def plain_net(affine: dict, channels: int) -> dict:
+    """PlainCNN's config: AffineCNN's layout (blocks, head, background) at ``channels``."""
+    return {
+        "_target_": "geomol.models.affine_cnn.PlainCNN",
+        "channels": channels,
+        "num_blocks": affine["num_blocks"],
+        "head_hidden": affine["head_hidden"],
+        "head_norm": affine["head_norm"],
+        "zero_background": affine["zero_background"],
+    }
+
+
+def matched_cnn_channels(target: int, affine: dict) -> int:
+    """Width of the PlainCNN (in AffineCNN ``affine``'s layout) whose parameter count is closest to ``target``."""
 
     def size(channels: int) -> int:
-        net = PlainCNN(
-            channels=channels,
-            num_blocks=args.blocks,
-            head_hidden=args.head_hidden,
-            head_norm=args.head_norm,
-            zero_background=args.zero_background,
-        )
-        return count_parameters(net)
+        config = {key: value for key, value in plain_net(affine, channels).items() if key != "_target_"}
+        return count_parameters(PlainCNN(**config))
 
     return min(range(1, 257), key=lambda c: abs(size(c) - target))
 
@@ -373,7 +384,7 @@ def make_task(net: dict, args: argparse.Namespace, total_steps: int) -> ImageTas
         net=net,
         num_classes=10,
         optimizer={
-            "_target_": "torch.optim.AdamW" if args.optimizer == "adamw" else "torch.optim.Adam",
+            "_target_": OPTIMIZERS[args.optimizer],
             "_partial_": True,
             "lr": args.lr,
             "weight_decay": args.weight_decay,
@@ -438,48 +449,14 @@ def run(name: str, task: ImageTask, data: MNISTAffineDataModule, args: argparse.
     return row
 
 
-def affine_net(args: argparse.Namespace, seed: int) -> dict:
-    """AffineCNN's config from the arguments."""
-    return {
-        "_target_": "geomol.models.affine_cnn.AffineCNN",
-        "group": args.group,
-        "num_samples": args.num_samples,
-        "eval_num_samples": args.eval_num_samples,
-        "channels": args.channels,
-        "num_blocks": args.blocks,
-        "layout": args.layout,
-        "norm_affine": args.norm_affine,
-        "conv_bias": args.conv_bias,
-        "hidden_features": args.siren_hidden,
-        "siren_layers": args.siren_layers,
-        "siren_bias_init": args.siren_bias_init,
-        "offsets": args.offsets,
-        "mask_type": args.mask_type,
-        "sample_reduce": args.sample_reduce,
-        "angle_chart": args.angle_chart,
-        "angles": args.angles,
-        "angle_range": args.angle_range,
-        "eval_angles": args.eval_angles,
-        "eval_angle_range": args.eval_angle_range,
-        "eval_spd_std": args.eval_spd_std,
-        "spd_std": args.spd_std,
-        "spd_law": args.spd_law,
-        "spd_sampling": args.spd_sampling,
-        "spd_cycle": args.spd_cycle,
-        "mix_samples": args.mix_samples,
-        "resample": args.resample,
-        "eval_resample": args.eval_resample,
-        "sample_sets": args.sample_sets,
-        "transform": args.transform,
-        "zero_background": args.zero_background,
-        "omega_0": args.omega_0,
-        "mask_radius": args.mask_radius,
-        "mask_slope": args.mask_slope,
-        "head_hidden": args.head_hidden,
-        "head_norm": args.head_norm,
-        "dropout": args.dropout,
-        "seed": seed,
-    }
+def variant_nets(args: argparse.Namespace, seed: int) -> dict[str, dict]:
+    """The AffineCNN configs to train, by name: the recipe's network, or with ``--conventions`` the authors'
+    model (the recipe's network with AUTHORS_CONVENTIONS) and its variants."""
+    base = args.net | {"seed": seed}
+    if not args.conventions:
+        return {f"AffineCNN[{base['group']}]": base}
+    authors = merged(base, AUTHORS_CONVENTIONS)
+    return {name: merged(authors, overrides) for name, overrides in CONVENTIONS.items() if name in args.conventions}
 
 
 def one_seed(args: argparse.Namespace, seed: int) -> list[dict]:
@@ -495,38 +472,27 @@ def one_seed(args: argparse.Namespace, seed: int) -> list[dict]:
     )
     data.setup()
     total_steps = args.epochs * math.ceil(len(data.train_set) / args.batch_size)
-    base = affine_net(args, seed)
-    variants = {f"AffineCNN[{args.group}]": base}
-    if args.conventions:
-        # The authors' conventions under the arguments' sizes and sampling, then each variant's overrides.
-        authors = base | AUTHORS_CONVENTIONS
-        variants = {name: authors | overrides for name, overrides in CONVENTIONS.items() if name in args.conventions}
+    variants = variant_nets(args, seed)
     tasks = {}
     for name, net in variants.items():
         torch.manual_seed(seed)
         tasks[name] = make_task(net, args, total_steps)
     reference = next(iter(tasks.values()))
-    cnn_channels = args.plain_channels or matched_cnn_channels(count_parameters(reference.net), args)
-    cnn_net = {
-        "_target_": "geomol.models.affine_cnn.PlainCNN",
-        "channels": cnn_channels,
-        "num_blocks": args.blocks,
-        "head_hidden": args.head_hidden,
-        "head_norm": args.head_norm,
-        "zero_background": args.zero_background,
-    }
+    net, train, test = args.net, args.net["sampler"], args.net["eval_sampler"]
+    cnn_channels = args.plain_channels or matched_cnn_channels(count_parameters(reference.net), net)
     torch.manual_seed(seed)
-    cnn_task = make_task(cnn_net, args, total_steps)
+    cnn_task = make_task(plain_net(net, cnn_channels), args, total_steps)
 
     print(
         f"seed {seed}: recipe {args.recipe}; train {len(data.train_set)} centred digits × {args.epochs} epochs "
         f"(batch {args.batch_size}, {total_steps} steps, {args.optimizer} lr {args.lr} wd {args.weight_decay}), "
-        f"test {len(data.test_set)} digits; {args.threads} CPU thread(s); AffineCNN {args.group} C={args.channels} "
-        f"N={args.num_samples} {args.angles} ±{args.angle_range:.3g}π (eval N={args.eval_num_samples or args.num_samples} "
-        f"{args.eval_angles or args.angles} ±{args.eval_angle_range or args.angle_range:.3g}π), SPD std {args.spd_std} "
-        f"({args.spd_law} law, {args.spd_sampling}, cycle {args.spd_cycle}), "
-        f"{'resampled' if args.resample else 'fixed'} samples, {'mixed' if args.mix_samples else 'unmixed'}, "
-        f"transform {args.transform}, ω₀={args.omega_0}, SIREN {args.siren_hidden}×{args.siren_layers}; "
+        f"test {len(data.test_set)} digits; {args.threads} CPU thread(s); AffineCNN {net['group']} C={net['channels']} "
+        f"N={train['num_samples']} {train['angles']} ±{train['angle_range']:.3g}π "
+        f"(eval N={test['num_samples'] or train['num_samples']} {test['angles'] or train['angles']} "
+        f"±{test['angle_range'] or train['angle_range']:.3g}π), SPD std {train['spd_std']} "
+        f"({train['spd_law']} law, {train['spd_sampling']}, cycle {train['spd_cycle']}), "
+        f"{'resampled' if train['resample'] else 'fixed'} samples, {'mixed' if net['mix_samples'] else 'unmixed'}, "
+        f"transform {net['transform']}, ω₀={net['omega_0']}, SIREN {net['hidden_features']}×{net['siren_layers']}; "
         f"PlainCNN C={cnn_channels}",
         flush=True,
     )

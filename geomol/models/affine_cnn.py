@@ -15,24 +15,48 @@ Two layouts (``layout``):
   with blocks ``GELU(x + GELU(LN(conv(GELU(LN(conv(x)))))))`` (activation before the add).
 
 :class:`AffineCNN` lifts the image to R² × {samples of GL⁺(2) or SL(2)} and uses group convolutions
-(:mod:`geomol.nn.liegroup`); its global max runs over (group, H, W), so the logits are invariant to the
-affine group in the Monte Carlo limit. :class:`PlainCNN` uses ordinary convolutions (translations only).
+(:mod:`geomol.nn.liegroup_conv`; groups and samplers in :mod:`geomol.nn.liegroup`); its global max runs
+over (group, H, W), so the logits are invariant to the affine group in the Monte Carlo limit. :class:`PlainCNN` uses ordinary convolutions (translations only).
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from geomol.nn.liegroup import GroupConv, GroupLayerNorm, GroupRMSNorm, LiftingConv, get_group, pool_spatial
+from geomol.nn.liegroup import GroupSampler, get_group
+from geomol.nn.liegroup_conv import GroupConv, GroupLayerNorm, GroupRMSNorm, LiftingConv, pool_spatial
 
-__all__ = ["AffineCNN", "PlainCNN"]
+__all__ = ["AffineCNN", "PlainCNN", "AUTHORS_CONVENTIONS"]
 
 _LAYOUTS = ("geomol", "authors")
 _SAMPLE_SETS = ("shared", "per_layer")
+
+#: The authors' conventions (github.com/mirceamironenco/rgenn) as :class:`AffineCNN` arguments, the way
+#: ``experiment=affine_cnn_mnist`` sets them (the experiment adds their sizes, SPD spread and
+#: ``head_norm="layer"``; their per-layer sample sets are the option ``sample_sets="per_layer"``). The
+#: ``sampler`` and ``eval_sampler`` entries are partial nodes: merge them into a config's (OmegaConf.merge).
+#: bench/affine_mnist.py --conventions starts every variant from these.
+AUTHORS_CONVENTIONS: dict[str, Any] = {
+    "layout": "authors",
+    "num_blocks": 1,
+    "norm_affine": False,
+    "conv_bias": False,
+    "mask_type": "authors",
+    "offsets": "affine_grid",
+    "sample_reduce": "sum",
+    "angle_chart": "positive",
+    "siren_bias_init": "zero",
+    "sample_sets": "shared",
+    "zero_background": False,
+    "sampler": {"spd_law": "authors", "angles": "linspace"},
+    "eval_sampler": {"angles": None, "resample": True},
+}
 
 
 class _ResidualBlock(nn.Module):
@@ -117,65 +141,42 @@ class AffineCNN(nn.Module):
     """Lie-group CNN on R² ⋊ GL⁺(2) or R² ⋊ SL(2) (Mironenco & Forré 2024, affNIST model).
 
     Every forward pass uses one set of group samples shared by all layers (residual connections need
-    input and output on the same samples). With ``resample=True`` (the paper's scheme) training draws
-    a new set at every step, from a stream seeded by ``seed`` (the step count is a buffer, so a resumed
-    run continues the stream); with ``resample=False`` training uses the same fixed set as eval mode,
-    whose set is always the same unless ``eval_resample``, so evaluation is deterministic. ``eval_num_samples``
-    may differ from ``num_samples`` (kernels are continuous in the group), but with equidistant angles the
-    kernels were only trained on the training grid's relative turns: keep the two equal there (in our short
-    CPU runs a denser eval grid lost accuracy).
+    input and output on the same samples), drawn by ``sampler`` in training and by ``eval_sampler`` in
+    eval mode (:class:`~geomol.nn.liegroup.GroupSampler`: the law, the number of samples and whether each
+    pass redraws them). With ``sampler.resample`` (the paper's scheme) training draws a new set at every
+    step, from a stream seeded by ``seed`` (the step count is a buffer, so a resumed run continues the
+    stream); without it training draws its one fixed set from the same seed as eval mode, whose set is
+    always the same unless ``eval_sampler.resample``, so evaluation is deterministic.
+    ``eval_sampler.num_samples`` may differ from the training count (kernels are continuous in the group),
+    but with equidistant angles the kernels were only trained on the training grid's relative turns: keep
+    the two equal there (in our short CPU runs a denser eval grid lost accuracy).
 
     The defaults are geomol's conventions (the layers' defaults, which the equivariance tests pin);
-    ``experiment=affine_cnn_mnist`` switches to the authors' (github.com/mirceamironenco/rgenn):
-    ``layout="authors"``, ``num_blocks=1``, ``norm_affine=False``, ``conv_bias=False``, ``spd_law="authors"``,
-    ``angles="linspace"``, ``angle_chart="positive"``, ``mask_type="authors"``, ``offsets="affine_grid"``,
-    ``sample_reduce="sum"``, ``siren_bias_init="zero"``, ``eval_resample=True``, ``head_norm="layer"``:
-    339,102 parameters for SL(2) at 40 channels and SIRENs 60 wide (339,282 for GL⁺(2)), as their
-    ``train.py`` counts.
+    ``experiment=affine_cnn_mnist`` switches to the authors' (github.com/mirceamironenco/rgenn),
+    :data:`AUTHORS_CONVENTIONS` with ``head_norm="layer"``: 339,102 parameters for SL(2) at 40 channels and
+    SIRENs 60 wide (339,282 for GL⁺(2)), as their ``train.py`` counts.
 
     Args:
         num_classes: number of classes (given by the task).
         in_channels: image channels.
         group: ``"gl2"`` (full affine) or ``"sl2"`` (area preserving).
-        num_samples: group samples per forward pass in training.
-        eval_num_samples: samples in eval mode (default ``num_samples``).
-        channels: feature channels of every layer.
-        num_blocks: residual group-conv blocks (``"geomol"``: each after a 2×2 spatial max-pool;
-            ``"authors"``: each followed by LN, pool, GELU; their ``--nlayers`` is ``num_blocks + 1``).
-        stem_kernel_size: lifting window (unpadded, as in the paper).
-        kernel_size: group-conv window.
-        hidden_features, siren_layers, omega_0: SIREN kernel networks (``siren_layers`` sine layers; the
-            authors' ``--inr_nlayers 2`` is 3 of them).
-        mask_radius, mask_slope, mask_type: kernel mask (``"smooth"``, ``"circular"`` or ``"authors"``; see
-            :meth:`~geomol.nn.liegroup.LiftingConv.mask`).
-        offsets: kernel offset grid, ``"unit"`` (``±1``) or ``"affine_grid"`` (the authors' ``±(k-1)/k``).
-        siren_bias_init: ``"uniform"`` or ``"zero"`` (the authors' zero hidden sine biases).
-        sample_reduce: group convolutions ``"mean"`` or ``"sum"`` (the authors') over the input samples.
-        angle_chart: the kernel's relative angle in ``"centred"`` ``(-π, π]`` or ``"positive"`` ``[0, 2π)``
-            (the authors').
-        spd_std: std of the Gaussian ``X`` of the SPD factor (paper: variance 0.1).
-        spd_law: ``"geomol"`` (``P = exp(X)``) or ``"authors"`` (``S = exp(X)``, ``g = S^½·R``: a quarter of
-            the log-variance); see :meth:`~geomol.nn.liegroup.LinearGroup2.sample`.
-        angles: rotation sampling, ``"equidistant"`` (centred N-gon), ``"linspace"`` (the authors'
-            ``linspace(-π, π, N)``) or ``"uniform"``.
-        angle_range: fraction of the circle the rotation samples cover (1: all of it).
-        eval_angles, eval_angle_range, eval_spd_std: the eval-mode set's angle sampling, angle range
-            and SPD spread (default: as in training). A fixed eval set narrower than the training draws
-            keeps every view of a test image turned by up to the difference inside the range of views
-            seen in training, which a max over a bounded (not closed) set of views needs to stay in
-            distribution.
-        spd_sampling: SPD factor sampling, ``"random"`` (i.i.d. log-normal) or ``"quasi"`` (deterministic
-            Gaussian quantiles of a Halton set; see :meth:`~geomol.nn.liegroup.LinearGroup2.sample`).
-        spd_cycle: number of distinct SPD factors, repeated over the angles (0: one per sample); see
-            :meth:`~geomol.nn.liegroup.LinearGroup2.sample`. With a fixed set (``resample=False``) and a
-            full grid of angles, 1 keeps the logits exactly invariant to the grid's turns.
-        mix_samples: group convolutions integrate over the samples (True, the paper) or act on each
-            sample's slice alone (False: a max over transformed views of one CNN; see
-            :class:`~geomol.nn.liegroup.GroupConv`).
-        resample: draw new samples at every training step; False trains on the fixed eval-mode set
-            (of ``num_samples`` elements), which removes the sampling noise from the gradients.
-        eval_resample: draw new samples at every eval-mode forward pass too (the authors'
-            ``sample_inference=True``), from a stream of its own; False: one fixed eval set.
+        sampler: the training draws, a :class:`~geomol.nn.liegroup.GroupSampler` or its config node
+            (``num_samples``, ``spd_std``, ``spd_law``, ``spd_sampling``, ``spd_cycle``, ``angles``,
+            ``angle_range``, ``resample``; missing or null entries take GroupSampler's defaults: 10
+            samples, ``spd_std`` √0.1, ``spd_law="geomol"`` (``P = exp(X)``; ``"authors"``: ``S = exp(X)``,
+            ``g = S^½·R``, a quarter of the log-variance), ``spd_sampling="random"`` (i.i.d. log-normal;
+            ``"quasi"``: deterministic Gaussian quantiles of a Halton set), ``spd_cycle=0`` (distinct SPD
+            factors repeated over the angles; with a fixed set and a full grid of angles 1 keeps the
+            logits exactly invariant to the grid's turns), ``angles="equidistant"`` (centred N-gon;
+            ``"linspace"``: the authors' ``linspace(-π, π, N)``; ``"uniform"``), ``angle_range=1`` (fraction
+            of the circle the turns cover), ``resample=True`` (False: train on one fixed set, which removes
+            the sampling noise from the gradients); see :meth:`~geomol.nn.liegroup.LinearGroup2.sample`.
+        eval_sampler: the eval-mode draws: a GroupSampler, or a config node whose null or missing entries are
+            the training sampler's, except ``resample``, False unless given (True: the authors'
+            ``sample_inference=True``, a new set at every eval pass from a stream of its own). A fixed
+            eval set narrower than the training draws (``angle_range``) keeps every view of a test image
+            turned by up to the difference inside the range of views seen in training, which a max over
+            a bounded (not closed) set of views needs to stay in distribution.
         sample_sets: ``"shared"``: one set for all layers. ``"per_layer"``: the authors' ``SamplingWrapper``,
             where every sampled layer (lifting, each block, the final conv) draws its own set and reads its
             input as lying on the previous layer's draw: the lifting outputs on draw 0, block ``b`` (from 1)
@@ -184,15 +185,33 @@ class AffineCNN(nn.Module):
             relative elements are not those of the features' samples, so the network is no longer the
             Monte Carlo estimate of an equivariant one (with equidistant angles only the SPD factors
             differ between draws). Kept as an option to reproduce their code.
+        seed: seed of the group-sample streams.
+        channels: feature channels of every layer.
+        num_blocks: residual group-conv blocks (``"geomol"``: each after a 2×2 spatial max-pool;
+            ``"authors"``: each followed by LN, pool, GELU; their ``--nlayers`` is ``num_blocks + 1``).
+        stem_kernel_size: lifting window (unpadded, as in the paper).
+        kernel_size: group-conv window.
+        hidden_features, siren_layers, omega_0: SIREN kernel networks (``siren_layers`` sine layers; the
+            authors' ``--inr_nlayers 2`` is 3 of them).
+        mask_radius, mask_slope, mask_type: kernel mask (``"smooth"``, ``"circular"`` or ``"authors"``; see
+            :meth:`~geomol.nn.liegroup_conv.LiftingConv.mask`).
+        offsets: kernel offset grid, ``"unit"`` (``±1``) or ``"affine_grid"`` (the authors' ``±(k-1)/k``).
+        siren_bias_init: ``"uniform"`` or ``"zero"`` (the authors' zero hidden sine biases).
+        sample_reduce: group convolutions ``"mean"`` or ``"sum"`` (the authors') over the input samples.
+        angle_chart: the kernel's relative angle in ``"centred"`` ``(-π, π]`` or ``"positive"`` ``[0, 2π)``
+            (the authors').
+        mix_samples: group convolutions integrate over the samples (True, the paper) or act on each
+            sample's slice alone (False: a max over transformed views of one CNN; see
+            :class:`~geomol.nn.liegroup_conv.GroupConv`).
         transform: what the group samples act on in every layer: ``"kernel"`` (the paper: SIRENs
             evaluated at transformed offsets) or ``"signal"`` (images and feature maps resampled by the
             samples, kernels on the fixed pixel grid); the same network in the continuum, see
-            :class:`~geomol.nn.liegroup.LiftingConv`.
+            :class:`~geomol.nn.liegroup_conv.LiftingConv`.
         layout: ``"geomol"`` or ``"authors"`` (see the module docstring).
         norm_affine: per-channel parameters in the feature norms (the authors' ``LayerNorm3d`` has none).
         conv_bias: per-channel biases in the lifting and group convolutions (None: unless
             ``zero_background``; the authors' have none).
-        zero_background: bias-free convolutions, RMS norms (:class:`~geomol.nn.liegroup.GroupRMSNorm`)
+        zero_background: bias-free convolutions, RMS norms (:class:`~geomol.nn.liegroup_conv.GroupRMSNorm`)
             and "full" convolutions (padding ``k - 1``: each map grows to hold a pattern's whole
             response), so an empty canvas region has exactly zero features, the zero padding continues
             it, and nothing is cut at the canvas edge: the logits do not depend on where on the canvas
@@ -201,7 +220,6 @@ class AffineCNN(nn.Module):
             makes an edge; in our runs 15 % of AffineCNN's pooled maxima sat on that edge, and digits
             moved near it lost 4-5 points of accuracy. Larger maps: about 2-2.5× the training time in our runs.
         head_hidden, head_norm, dropout: classifier MLP (``head_norm``: ``"batch"`` or ``"layer"``).
-        seed: seed of the group-sample stream.
     """
 
     def __init__(
@@ -209,8 +227,10 @@ class AffineCNN(nn.Module):
         num_classes: int = 10,
         in_channels: int = 1,
         group: str = "sl2",
-        num_samples: int = 10,
-        eval_num_samples: int | None = None,
+        sampler: GroupSampler | Mapping[str, Any] | None = None,
+        eval_sampler: GroupSampler | Mapping[str, Any] | None = None,
+        sample_sets: str = "shared",
+        seed: int = 0,
         channels: int = 40,
         num_blocks: int = 2,
         stem_kernel_size: int = 5,
@@ -225,19 +245,7 @@ class AffineCNN(nn.Module):
         siren_bias_init: str = "uniform",
         sample_reduce: str = "mean",
         angle_chart: str = "centred",
-        spd_std: float = math.sqrt(0.1),
-        spd_law: str = "geomol",
-        angles: str = "equidistant",
-        angle_range: float = 1.0,
-        eval_angles: str | None = None,
-        eval_angle_range: float | None = None,
-        eval_spd_std: float | None = None,
-        spd_sampling: str = "random",
-        spd_cycle: int = 0,
         mix_samples: bool = True,
-        resample: bool = True,
-        eval_resample: bool = False,
-        sample_sets: str = "shared",
         transform: str = "kernel",
         layout: str = "geomol",
         norm_affine: bool = True,
@@ -246,13 +254,11 @@ class AffineCNN(nn.Module):
         head_hidden: int = 256,
         head_norm: str = "batch",
         dropout: float = 0.3,
-        seed: int = 0,
     ) -> None:
         super().__init__()
-        if num_samples < 1 or (eval_num_samples is not None and eval_num_samples < 1):
-            raise ValueError(
-                f"num_samples and eval_num_samples must be positive, got {num_samples}, {eval_num_samples}"
-            )
+        # A bad sampler setting fails here, not at the first step.
+        self.sampler = GroupSampler.build(sampler)
+        self.eval_sampler = GroupSampler.build(eval_sampler, base=dataclasses.replace(self.sampler, resample=False))
         if layout not in _LAYOUTS:
             raise ValueError(f"layout must be one of {_LAYOUTS}, got {layout!r}")
         if sample_sets not in _SAMPLE_SETS:
@@ -267,20 +273,9 @@ class AffineCNN(nn.Module):
                 "which needs mix_samples=True"
             )
         self.group = get_group(group)
-        self.num_samples, self.eval_num_samples = num_samples, eval_num_samples or num_samples
-        self.sampler = dict(
-            spd_std=spd_std,
-            angles=angles,
-            angle_range=angle_range,
-            spd_sampling=spd_sampling,
-            spd_cycle=spd_cycle,
-            spd_law=spd_law,
-        )
-        overrides = dict(angles=eval_angles, angle_range=eval_angle_range, spd_std=eval_spd_std)
-        self.eval_sampler = self.sampler | {key: value for key, value in overrides.items() if value is not None}
-        self.seed, self.resample, self.zero_background = seed, resample, zero_background
-        self.eval_resample, self.sample_sets, self.layout = eval_resample, sample_sets, layout
-        self._eval_draws = 0  # eval-mode draws so far (eval_resample); not saved, a fresh module starts over
+        self.seed, self.zero_background = seed, zero_background
+        self.sample_sets, self.layout = sample_sets, layout
+        self._eval_draws = 0  # eval-mode draws so far (eval_sampler.resample); not saved, a fresh module starts over
         kernel_args = dict(
             hidden_features=hidden_features,
             num_layers=siren_layers,
@@ -320,9 +315,10 @@ class AffineCNN(nn.Module):
             self.final_norm = _norm(channels, zero_background, norm_affine)
         self.head = _head(channels, head_hidden, num_classes, dropout, head_norm)
         self.register_buffer("sample_step", torch.zeros((), dtype=torch.long))
-        # Fail at construction, not at the first step, on a bad sampler setting.
-        self.group.sample(1, **self.sampler)
-        self.group.sample(1, **self.eval_sampler)
+        # One throwaway element of each law from the global random stream, as the settings check made before
+        # GroupSampler checked them itself: seeded runs keep their random state (dropout masks, batch order).
+        for law in (self.sampler, self.eval_sampler):
+            dataclasses.replace(law, num_samples=1).sample(self.group)
 
     @property
     def num_sample_sets(self) -> int:
@@ -332,10 +328,10 @@ class AffineCNN(nn.Module):
         return len(self.blocks) + 2 if self.layout == "authors" else max(len(self.blocks), 1)
 
     def _generator(self) -> torch.Generator:
-        if self.training and self.resample:
+        if self.training and self.sampler.resample:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.sample_step) + 1)
             self.sample_step += 1
-        elif not self.training and self.eval_resample:
+        elif not self.training and self.eval_sampler.resample:
             # Offset by 2³¹ from the training stream (the CPU generator keeps only a seed's low 32 bits).
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + (1 << 31) + self._eval_draws)
             self._eval_draws += 1
@@ -347,11 +343,8 @@ class AffineCNN(nn.Module):
         """This forward pass's sample sets ``[N, 2, 2]`` (float64), one per sampled layer with
         ``sample_sets="per_layer"``, else one; the first is :meth:`group_samples`'s."""
         generator = self._generator()
-        if self.training:
-            num, sampler = self.num_samples, self.sampler
-        else:
-            num, sampler = self.eval_num_samples, self.eval_sampler
-        sets = [self.group.sample(num, generator=generator, **sampler) for _ in range(self.num_sample_sets)]
+        sampler = self.sampler if self.training else self.eval_sampler
+        sets = [sampler.sample(self.group, generator) for _ in range(self.num_sample_sets)]
         return [samples.to(self.sample_step.device) for samples in sets]
 
     def group_samples(self) -> Tensor:

@@ -6,13 +6,17 @@
 * :class:`PonitaDynamics`: the N-body model, positions after a time step from positions,
   velocities and charges.
 
-``num_ori`` chooses the space the features live on:
+``num_ori`` chooses the space the features live on (:func:`~geomol.nn.ponita.ponita_space`), which lifts
+the node inputs onto it and reads the outputs back:
 
-* ``0``: R³ (the paper's PNITA): points carry plain features, pairs are described by their distance.
-* ``-1``: edge-lifted R³×S²: every edge ``j → i`` of the graph built with ``lift_radius`` becomes a
-  point on atom ``i`` oriented towards ``j`` (the paper's QM9 model, which lifts covalent bonds);
-  pairs of such points are described by :func:`~geomol.nn.ponita.point_invariants`.
-* ``> 0``: the fiber bundle R³ × grid of ``num_ori`` orientations with the separable convolution.
+* ``0``: :class:`~geomol.nn.ponita.PositionSpace`, R³ (the paper's PNITA): points carry plain features,
+  pairs are described by their distance.
+* ``-1``: :class:`~geomol.nn.ponita.EdgeLiftedSpace`, edge-lifted R³×S²: every edge ``j → i`` of the
+  graph built with ``lift_radius`` becomes a point on atom ``i`` oriented towards ``j`` (the paper's QM9
+  model, which lifts covalent bonds); pairs of such points are described by
+  :func:`~geomol.nn.ponita.point_invariants`.
+* ``> 0``: :class:`~geomol.nn.ponita.FiberBundleSpace`, the fiber bundle R³ × grid of ``num_ori``
+  orientations with the separable convolution.
 
 Equivariance: modes ``0`` and ``-1`` are exactly E(3)-invariant (scalars) and equivariant
 (vectors). With a grid the model is exactly equivariant under rotations that map the grid onto
@@ -28,23 +32,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
-from geomol.nn.graph import full_graph, radius_graph
 from geomol.nn.ponita import (
     ConvNextBlock,
-    FiberBundleConv,
     KernelBasis,
-    PointConv,
+    PonitaSpace,
     distance_invariants,
-    fiber_bundle_invariants,
-    lift_to_edges,
-    lifted_graph,
-    point_invariants,
-    random_rotation_matrix,
-    scalar_to_sphere,
-    sphere_to_scalar,
-    sphere_to_vector,
-    spherical_grid,
-    vector_to_sphere,
+    interaction_graph,
+    ponita_space,
 )
 from geomol.nn.radial import PolynomialEnvelope
 
@@ -53,6 +47,10 @@ __all__ = ["PonitaNet", "Ponita", "PonitaDynamics"]
 
 class PonitaNet(nn.Module):
     """PONITA on a point cloud: node scalars and vectors in, node scalars and vectors out.
+
+    ``num_ori`` picks the space (``self.space``) that lifts the inputs and reads the outputs out; the
+    network itself is the same on all three: a shared kernel basis of the space's invariants, an
+    embedding, ConvNeXt blocks of the space's convolution and averaged linear readouts.
 
     Args:
         scalar_in: scalar input channels per node.
@@ -112,66 +110,44 @@ class PonitaNet(nn.Module):
         calibrate: bool = False,
     ) -> None:
         super().__init__()
-        if num_ori < -1:
-            raise ValueError(f"num_ori must be 0 (R³), -1 (edge-lifted) or a positive grid size, got {num_ori}")
-        if num_ori == 0 and (vector_in or vector_out):
+        self.space: PonitaSpace = ponita_space(
+            num_ori,
+            lift_radius=radius if lift_radius is None else lift_radius,
+            max_num_neighbors=max_num_neighbors,
+            complete_invariants=complete_invariants,
+            grid=grid,
+            grid_seed=grid_seed,
+            rotate_grid=rotate_grid,
+        )
+        if not self.space.has_orientations and (vector_in or vector_out):
             raise ValueError("vector inputs or outputs need orientations: use num_ori=-1 or num_ori > 0, not 0")
-        if complete_invariants and num_ori != -1:
-            raise ValueError(
-                "complete_invariants needs pairs with two orientations, which only num_ori=-1 has "
-                "(the separable grid convolution pairs each orientation with itself)"
-            )
         if scalar_out + vector_out < 1:
             raise ValueError("PonitaNet needs at least one scalar or vector output channel")
         self.scalar_in, self.vector_in = scalar_in, vector_in
         self.scalar_out, self.vector_out = scalar_out, vector_out
-        self.num_ori = num_ori
         self.radius = radius
-        self.lift_radius = radius if lift_radius is None else lift_radius
-        self.rotate_grid = rotate_grid
-        self.complete_invariants = complete_invariants
         self.max_num_neighbors = max_num_neighbors
         basis_dim = hidden_channels if basis_dim is None else basis_dim
 
         self.envelope = PolynomialEnvelope(exponent=5) if radius is not None else None
-        if num_ori > 0:
-            self.register_buffer("grid", spherical_grid(num_ori, grid, grid_seed, dtype=torch.get_default_dtype()))
-            self.basis = KernelBasis(2, hidden_channels, basis_dim, degree)
-            self.fiber_basis = KernelBasis(1, hidden_channels, basis_dim, degree)
-        else:
-            self.register_buffer("grid", None)
-            num_invariants = 1 if num_ori == 0 else (4 if complete_invariants else 3)
-            self.basis = KernelBasis(num_invariants, hidden_channels, basis_dim, degree)
-            self.fiber_basis = None
+        # The grid (None off the fiber bundle) and the kernel bases stay here, under their state-dict keys.
+        self.register_buffer("grid", self.space.make_grid(torch.get_default_dtype()))
+        spatial_invariants, *fiber_invariants = self.space.basis_invariants
+        self.basis = KernelBasis(spatial_invariants, hidden_channels, basis_dim, degree)
+        self.fiber_basis = (
+            KernelBasis(*fiber_invariants, hidden_channels, basis_dim, degree) if fiber_invariants else None
+        )
 
         self.embed = nn.Linear(scalar_in + vector_in, hidden_channels, bias=False)
         self.layers = nn.ModuleList()
         self.readouts = nn.ModuleList()
         for i in range(num_layers):
-            conv = (
-                FiberBundleConv(hidden_channels, basis_dim, calibrate)
-                if num_ori > 0
-                else PointConv(hidden_channels, basis_dim, calibrate)
-            )
+            conv = self.space.conv(hidden_channels, basis_dim, calibrate)
             self.layers.append(ConvNextBlock(hidden_channels, conv, widening_factor, layer_scale))
             if multiple_readouts or i == num_layers - 1:
                 self.readouts.append(nn.Linear(hidden_channels, scalar_out + vector_out))
             else:
                 self.readouts.append(None)
-
-    def _graph(self, pos: Tensor, batch: Tensor, radius: float | None, loop: bool) -> Tensor:
-        if radius is None:
-            return full_graph(batch, loop=loop)
-        return radius_graph(pos, radius, batch, loop=loop, max_num_neighbors=self.max_num_neighbors)
-
-    def _window(self, dist: Tensor) -> Tensor | None:
-        return None if self.envelope is None else self.envelope(dist / self.radius)
-
-    def _current_grid(self, pos: Tensor) -> Tensor:
-        grid = self.grid.to(pos.dtype)
-        if self.training and self.rotate_grid:
-            grid = grid @ random_rotation_matrix(pos.dtype, pos.device).T
-        return grid
 
     def forward(
         self, pos: Tensor, batch: Tensor, scalars: Tensor, vectors: Tensor | None = None
@@ -182,63 +158,24 @@ class PonitaNet(nn.Module):
         if self.vector_in and (vectors is None or vectors.shape != (num_nodes, self.vector_in, 3)):
             got = None if vectors is None else tuple(vectors.shape)
             raise ValueError(f"vectors must have shape [{num_nodes}, {self.vector_in}, 3], got {got}")
-        edge_index = self._graph(pos, batch, self.radius, loop=True)
-        dist = distance_invariants(pos, edge_index).squeeze(-1)  # [E]
-        window = self._window(dist)
+        edge_index = interaction_graph(pos, batch, self.radius, loop=True, max_num_neighbors=self.max_num_neighbors)
+        lifted = self.space.lift(pos, batch, edge_index, scalars, vectors if self.vector_in else None, self.grid)
+        kernel_bases = (self.basis, self.fiber_basis)[: len(lifted.invariants)]
+        bases = [basis(invariants) for basis, invariants in zip(kernel_bases, lifted.invariants)]
+        if self.envelope is not None:
+            # The cutoff window of a pair (of atoms, or of points lifted from them) acts on the spatial basis.
+            window = self.envelope(distance_invariants(lifted.positions, lifted.edge_index).squeeze(-1) / self.radius)
+            bases[0] = bases[0] * window.view(-1, *(1,) * (bases[0].dim() - 1))
 
-        if self.num_ori > 0:
-            grid = self._current_grid(pos)  # [O, 3]
-            spatial, fiber = fiber_bundle_invariants(pos, grid, edge_index)
-            basis = self.basis(spatial)  # [E, O, B]
-            if window is not None:
-                basis = basis * window[:, None, None]
-            bases = (basis, self.fiber_basis(fiber))
-            inputs = [scalar_to_sphere(scalars, self.num_ori)]
-            if self.vector_in:
-                inputs.append(vector_to_sphere(vectors, grid))
-        elif self.num_ori == -1:
-            base, ori = lift_to_edges(pos, self._graph(pos, batch, self.lift_radius, loop=False))  # [M], [M, 3]
-            lifted_edges = lifted_graph(edge_index, base, num_nodes)
-            invariants = point_invariants(pos[base], ori, lifted_edges, complete=self.complete_invariants)
-            basis = self.basis(invariants)  # [E', B]
-            if window is not None:
-                # The window of a lifted pair is that of its two atoms.
-                basis = basis * self._window(distance_invariants(pos[base], lifted_edges).squeeze(-1)).unsqueeze(-1)
-            bases = (basis,)
-            edge_index = lifted_edges
-            inputs = [scalars[base]]
-            if self.vector_in:
-                inputs.append((vectors[base] * ori.unsqueeze(1)).sum(-1))
-        else:
-            basis = self.basis(dist.unsqueeze(-1))  # [E, B]
-            if window is not None:
-                basis = basis * window.unsqueeze(-1)
-            bases = (basis,)
-            inputs = [scalars]
-
-        x = self.embed(torch.cat(inputs, dim=-1))  # [N, O, C] or [M, C]
+        x = self.embed(lifted.features)  # [N, C], [M, C] or [N, O, C]
         readouts = []
         for layer, readout in zip(self.layers, self.readouts):
-            x = layer(x, edge_index, *bases)
+            x = layer(x, lifted.edge_index, *bases)
             if readout is not None:
                 readouts.append(readout(x))
         out = torch.stack(readouts).mean(0)
         out_scalar, out_vector = out.split([self.scalar_out, self.vector_out], dim=-1)
-
-        if self.num_ori > 0:
-            scalar = sphere_to_scalar(out_scalar)
-            vector = sphere_to_vector(out_vector, grid) if self.vector_out else None
-        elif self.num_ori == -1:
-            # Points on one atom are samples of its spherical signal: average them like the grid readout.
-            scalar = scatter(out_scalar, base, dim=0, dim_size=num_nodes, reduce="mean")
-            vector = None
-            if self.vector_out:
-                vector = scatter(
-                    out_vector.unsqueeze(-1) * ori.unsqueeze(1), base, 0, dim_size=num_nodes, reduce="mean"
-                )
-        else:
-            scalar, vector = out_scalar, None
-        return scalar, vector
+        return self.space.readout(out_scalar, out_vector, lifted)
 
 
 class Ponita(nn.Module):

@@ -22,29 +22,30 @@ from .gaunt import (
 )
 from .graph import Triplets, edge_vectors, full_graph, radius_graph, triplets
 from .gvp import GVP, GVPConv, GVPEdgeUpdate, GVPLayerNorm, GVPPositionUpdate
-from .liegroup import (
-    GL2,
-    SL2,
+from .liegroup import GL2, SL2, GroupSampler, LinearGroup2, get_group
+from .liegroup_conv import (
     GroupConv,
     GroupLayerNorm,
     GroupRMSNorm,
     LiftingConv,
-    LinearGroup2,
     SirenKernel,
-    get_group,
     pool_group,
     pool_spatial,
 )
 from .ponita import (
     ConvNextBlock,
+    EdgeLiftedSpace,
     FiberBundleConv,
+    FiberBundleSpace,
     KernelBasis,
     PointConv,
     PolynomialFeatures,
+    PositionSpace,
     distance_invariants,
     fiber_bundle_invariants,
     fibonacci_grid,
     point_invariants,
+    ponita_space,
     repulsion_grid,
     spherical_grid,
 )
@@ -97,11 +98,16 @@ __all__ = [
     "PointConv",
     "FiberBundleConv",
     "ConvNextBlock",
+    "PositionSpace",
+    "EdgeLiftedSpace",
+    "FiberBundleSpace",
+    "ponita_space",
     # Lie-group affine convolutions
     "GL2",
     "SL2",
     "LinearGroup2",
     "get_group",
+    "GroupSampler",
     "LiftingConv",
     "GroupConv",
     "GroupLayerNorm",

@@ -21,7 +21,11 @@ Pieces, in the order a forward pass uses them:
 * :func:`lift_to_edges` and :func:`lifted_graph`: the edge-lifted position–orientation point cloud;
 * :class:`PolynomialFeatures` and :class:`KernelBasis`: invariants → basis, once per forward;
 * :class:`PointConv` (R³ or lifted points), :class:`FiberBundleConv` (grid), :class:`ConvNextBlock`;
-* :func:`scalar_to_sphere`, :func:`vector_to_sphere`, :func:`sphere_to_scalar`, :func:`sphere_to_vector`.
+* :func:`scalar_to_sphere`, :func:`vector_to_sphere`, :func:`sphere_to_scalar`, :func:`sphere_to_vector`;
+* the three spaces a network's features live on, each with ``lift()`` (node inputs onto the space) and
+  ``readout()`` (back to nodes): :class:`PositionSpace` (R³), :class:`EdgeLiftedSpace` (points of R³×S²
+  lifted from edges) and :class:`FiberBundleSpace` (R³ × a grid of orientations); :func:`ponita_space`
+  picks one from PONITA's ``num_ori``.
 """
 
 from __future__ import annotations
@@ -29,10 +33,13 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
+
+from .graph import full_graph, radius_graph
 
 __all__ = [
     "distance_invariants",
@@ -53,6 +60,13 @@ __all__ = [
     "vector_to_sphere",
     "sphere_to_scalar",
     "sphere_to_vector",
+    "interaction_graph",
+    "Lifted",
+    "PonitaSpace",
+    "PositionSpace",
+    "EdgeLiftedSpace",
+    "FiberBundleSpace",
+    "ponita_space",
 ]
 
 GRID_KINDS = ("repulsion", "fibonacci")
@@ -519,3 +533,255 @@ def sphere_to_vector(f: Tensor, grid: Tensor) -> Tensor:
         f ``[N, O, V]``, grid ``[O, 3]`` -> ``[N, V, 3]``
     """
     return torch.einsum("nov,od->nvd", f, grid) / grid.size(0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Spaces: where the features live, how node inputs get there and how outputs come back
+# --------------------------------------------------------------------------------------------------
+
+
+def interaction_graph(
+    pos: Tensor, batch: Tensor, radius: float | None, loop: bool, max_num_neighbors: int | None = None
+) -> Tensor:
+    """The pairs ``j → i`` within ``radius`` (``None``: every pair of a graph), self-loops if ``loop``.
+
+    Shapes:
+        pos ``[N, 3]``, batch ``[N]`` -> edge_index ``[2, E]``
+    """
+    if radius is None:
+        return full_graph(batch, loop=loop)
+    return radius_graph(pos, radius, batch, loop=loop, max_num_neighbors=max_num_neighbors)
+
+
+@dataclass
+class Lifted:
+    """A point cloud's input signal lifted onto a space, with what the convolutions and the readout need.
+
+    Attributes:
+        features: the lifted input channels, ``[N, C_in]`` (R³), ``[M, C_in]`` (edge-lifted points) or
+            ``[N, O, C_in]`` (grid).
+        edge_index: the pairs the convolutions sum over, ``[2, E]`` (between atoms, or between lifted points).
+        invariants: the input of each kernel basis: ``([E, I],)`` on point clouds; on the grid the spatial
+            ``[E, O, 2]`` and fiber ``[O, O, 1]`` invariants.
+        positions: the position of every point the edges connect, ``[N, 3]`` or ``[M, 3]`` (for the cutoff
+            window, which acts on their distances).
+        num_nodes: number of atoms ``N``.
+        grid: the orientations of this forward pass ``[O, 3]`` (grid only; rotated in training mode).
+        base: the atom each lifted point sits on ``[M]`` (edge-lifted only).
+        orientation: each lifted point's orientation ``[M, 3]`` (edge-lifted only).
+    """
+
+    features: Tensor
+    edge_index: Tensor
+    invariants: tuple[Tensor, ...]
+    positions: Tensor
+    num_nodes: int
+    grid: Tensor | None = None
+    base: Tensor | None = None
+    orientation: Tensor | None = None
+
+
+class PonitaSpace(nn.Module):
+    """The space a PONITA network's features live on: :meth:`lift` puts node scalars and vectors onto it,
+    :meth:`readout` brings per-point outputs back to the nodes.
+
+    A space holds no parameters or buffers (the network owns the kernel bases and the grid, whose
+    state-dict keys stay ``basis.*``, ``fiber_basis.*`` and ``grid``); it is a module so that it follows
+    the network's train/eval mode and shows in its ``repr``.
+    """
+
+    #: invariants per pair of each kernel basis, in the order of :attr:`Lifted.invariants`
+    basis_invariants: tuple[int, ...] = ()
+    #: the convolution of the ConvNeXt blocks on this space
+    conv: type[nn.Module] = PointConv
+    #: points have orientations, so vectors can enter (``v·o``) and leave (``Σ f(o) o``)
+    has_orientations: bool = True
+
+    def make_grid(self, dtype: torch.dtype) -> Tensor | None:
+        """The network's initial grid of orientations ``[O, 3]``, or None on spaces without one."""
+        return None
+
+    def lift(
+        self,
+        pos: Tensor,
+        batch: Tensor,
+        edge_index: Tensor,
+        scalars: Tensor,
+        vectors: Tensor | None = None,
+        grid: Tensor | None = None,
+    ) -> Lifted:
+        """Shapes: pos ``[N, 3]``, batch ``[N]``, edge_index ``[2, E]`` (the atoms' interactions, self-loops
+        included), scalars ``[N, S]``, vectors ``[N, V, 3]`` or None, grid ``[O, 3]`` or None -> :class:`Lifted`."""
+        raise NotImplementedError
+
+    def readout(self, scalar: Tensor, vector: Tensor, lifted: Lifted) -> tuple[Tensor, Tensor | None]:
+        """Shapes: per-point scalar ``[..., S]`` and vector ``[..., V]`` channels (``V = 0``: no vector
+        output) -> node scalars ``[N, S]``, node vectors ``[N, V, 3]`` or None."""
+        raise NotImplementedError
+
+
+class PositionSpace(PonitaSpace):
+    """R³ (the paper's PNITA): points carry plain features, pairs are described by their distance alone."""
+
+    basis_invariants = (1,)
+    conv = PointConv
+    has_orientations = False
+
+    def lift(
+        self,
+        pos: Tensor,
+        batch: Tensor,
+        edge_index: Tensor,
+        scalars: Tensor,
+        vectors: Tensor | None = None,
+        grid: Tensor | None = None,
+    ) -> Lifted:
+        if vectors is not None:
+            raise ValueError("vectors need orientations; R³ (num_ori=0) has none")
+        invariants = distance_invariants(pos, edge_index)  # [E, 1]
+        return Lifted(scalars, edge_index, (invariants,), pos, pos.size(0))
+
+    def readout(self, scalar: Tensor, vector: Tensor, lifted: Lifted) -> tuple[Tensor, Tensor | None]:
+        return scalar, None
+
+
+class EdgeLiftedSpace(PonitaSpace):
+    """R³×S² point clouds lifted from edges (the paper's QM9 model, which lifts covalent bonds).
+
+    Every edge ``j → i`` of the graph within ``lift_radius`` becomes a point on atom ``i`` oriented towards
+    ``j`` (:func:`lift_to_edges`); two points interact when their atoms do (:func:`lifted_graph`), through
+    :func:`point_invariants`. Scalars are constant on an atom's points, a vector ``v`` is ``v·o``; the
+    readout averages an atom's points as the grid readout averages its orientations. An atom with no
+    neighbour within ``lift_radius`` has no point and reads out zeros.
+
+    Args:
+        lift_radius: cutoff of the lifted graph (``None``: every pair of a graph).
+        max_num_neighbors: neighbours kept per atom by the lifted radius graph (``None``: all).
+        complete: add the fourth invariant ``r·o_j`` (see :func:`point_invariants`).
+    """
+
+    conv = PointConv
+
+    def __init__(
+        self, lift_radius: float | None = None, max_num_neighbors: int | None = None, complete: bool = False
+    ) -> None:
+        super().__init__()
+        self.lift_radius, self.max_num_neighbors, self.complete = lift_radius, max_num_neighbors, complete
+        self.basis_invariants = (4 if complete else 3,)
+
+    def lift(
+        self,
+        pos: Tensor,
+        batch: Tensor,
+        edge_index: Tensor,
+        scalars: Tensor,
+        vectors: Tensor | None = None,
+        grid: Tensor | None = None,
+    ) -> Lifted:
+        lift_edges = interaction_graph(
+            pos, batch, self.lift_radius, loop=False, max_num_neighbors=self.max_num_neighbors
+        )
+        base, ori = lift_to_edges(pos, lift_edges)  # [M], [M, 3]
+        points = pos[base]  # [M, 3]
+        edges = lifted_graph(edge_index, base, pos.size(0))  # [2, E']
+        invariants = point_invariants(points, ori, edges, complete=self.complete)  # [E', 3 or 4]
+        inputs = [scalars[base]]
+        if vectors is not None:
+            inputs.append((vectors[base] * ori.unsqueeze(1)).sum(-1))  # v·o [M, V]
+        features = torch.cat(inputs, dim=-1)
+        return Lifted(features, edges, (invariants,), points, pos.size(0), base=base, orientation=ori)
+
+    def readout(self, scalar: Tensor, vector: Tensor, lifted: Lifted) -> tuple[Tensor, Tensor | None]:
+        base, num_nodes = lifted.base, lifted.num_nodes
+        # Points on one atom are samples of its spherical signal: average them like the grid readout.
+        node_scalar = scatter(scalar, base, dim=0, dim_size=num_nodes, reduce="mean")
+        if not vector.size(-1):
+            return node_scalar, None
+        node_vector = scatter(
+            vector.unsqueeze(-1) * lifted.orientation.unsqueeze(1), base, 0, dim_size=num_nodes, reduce="mean"
+        )  # [N, V, 3]
+        return node_scalar, node_vector
+
+    def extra_repr(self) -> str:
+        return f"lift_radius={self.lift_radius}, max_num_neighbors={self.max_num_neighbors}, complete={self.complete}"
+
+
+class FiberBundleSpace(PonitaSpace):
+    """The fiber bundle R³ × grid: every atom carries a signal on the same ``num_ori`` orientations,
+    convolved by the separable :class:`FiberBundleConv` (spatial invariants per orientation, fiber
+    invariants ``o·o'``).
+
+    Scalars lift to constants on the sphere, a vector ``v`` to ``o ↦ v·o``; the readout is the mean over
+    the sphere (scalars) and ``(1/O) Σ_o f(o) o`` (vectors). The grid is the network's ``grid`` buffer,
+    passed to :meth:`lift` (a user may swap it, e.g. for a grid with known symmetries).
+
+    Args:
+        num_ori: orientations of the grid.
+        kind: ``"repulsion"`` or ``"fibonacci"`` (see :func:`spherical_grid`).
+        seed: seed of the repulsion grid.
+        rotate: in training mode, rotate the grid at random in every forward (the same as rotating the
+            input, since everything else is invariant: the paper's random-rotation augmentation).
+    """
+
+    basis_invariants = (2, 1)
+    conv = FiberBundleConv
+
+    def __init__(self, num_ori: int, kind: str = "repulsion", seed: int = 0, rotate: bool = True) -> None:
+        super().__init__()
+        self.num_ori, self.kind, self.seed, self.rotate = num_ori, kind, seed, rotate
+
+    def make_grid(self, dtype: torch.dtype) -> Tensor:
+        return spherical_grid(self.num_ori, self.kind, self.seed, dtype=dtype)
+
+    def lift(
+        self,
+        pos: Tensor,
+        batch: Tensor,
+        edge_index: Tensor,
+        scalars: Tensor,
+        vectors: Tensor | None = None,
+        grid: Tensor | None = None,
+    ) -> Lifted:
+        if grid is None:
+            raise ValueError("the fiber bundle needs the network's grid of orientations")
+        grid = grid.to(pos.dtype)
+        if self.training and self.rotate:
+            grid = grid @ random_rotation_matrix(pos.dtype, pos.device).T
+        spatial, fiber = fiber_bundle_invariants(pos, grid, edge_index)  # [E, O, 2], [O, O, 1]
+        inputs = [scalar_to_sphere(scalars, grid.size(0))]
+        if vectors is not None:
+            inputs.append(vector_to_sphere(vectors, grid))
+        features = torch.cat(inputs, dim=-1)  # [N, O, C_in]
+        return Lifted(features, edge_index, (spatial, fiber), pos, pos.size(0), grid=grid)
+
+    def readout(self, scalar: Tensor, vector: Tensor, lifted: Lifted) -> tuple[Tensor, Tensor | None]:
+        return sphere_to_scalar(scalar), (sphere_to_vector(vector, lifted.grid) if vector.size(-1) else None)
+
+    def extra_repr(self) -> str:
+        return f"num_ori={self.num_ori}, kind={self.kind!r}, seed={self.seed}, rotate={self.rotate}"
+
+
+def ponita_space(
+    num_ori: int,
+    *,
+    lift_radius: float | None = None,
+    max_num_neighbors: int | None = None,
+    complete_invariants: bool = False,
+    grid: str = "repulsion",
+    grid_seed: int = 0,
+    rotate_grid: bool = True,
+) -> PonitaSpace:
+    """The space of PONITA's ``num_ori``: ``0`` R³, ``-1`` edge-lifted R³×S², ``> 0`` a grid of that many
+    orientations (the other arguments as in :class:`~geomol.models.ponita.PonitaNet`)."""
+    if num_ori < -1:
+        raise ValueError(f"num_ori must be 0 (R³), -1 (edge-lifted) or a positive grid size, got {num_ori}")
+    if complete_invariants and num_ori != -1:
+        raise ValueError(
+            "complete_invariants needs pairs with two orientations, which only num_ori=-1 has "
+            "(the separable grid convolution pairs each orientation with itself)"
+        )
+    if num_ori == 0:
+        return PositionSpace()
+    if num_ori == -1:
+        return EdgeLiftedSpace(lift_radius, max_num_neighbors, complete_invariants)
+    return FiberBundleSpace(num_ori, grid, grid_seed, rotate_grid)

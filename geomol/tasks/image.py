@@ -14,6 +14,17 @@ from .base import GeomolTask, build_network, plain_config
 __all__ = ["ImageTask"]
 
 
+def _entries(config: dict, key: str, prefix: str = "") -> dict[str, Any]:
+    """Every entry named ``key`` in ``config`` and its nested nodes, by dotted path."""
+    found = {}
+    for name, value in config.items():
+        if name == key:
+            found[prefix + name] = value
+        if isinstance(value, dict):
+            found |= _entries(value, key, f"{prefix}{name}.")
+    return found
+
+
 class ImageTask(GeomolTask):
     """Cross-entropy classification of images ``[B, C, H, W]`` by any network ``net(images) -> logits``.
 
@@ -31,8 +42,8 @@ class ImageTask(GeomolTask):
         label_smoothing: cross-entropy label smoothing.
         **net_settings: short top-level handles of the model config (AffineCNN's ``group`` and
             ``num_samples``, so that ``model.group=gl2`` works) that the config interpolates into
-            ``net``; each must equal ``net``'s entry of the same name, which catches a handle that is not
-            wired into the network.
+            ``net``; each must equal an entry of the same name in ``net`` or one of its nodes (``num_samples``
+            is ``net.sampler.num_samples``), which catches a handle that is not wired into the network.
     """
 
     def __init__(
@@ -50,10 +61,14 @@ class ImageTask(GeomolTask):
         # Plain containers in the hyper-parameters: torch.load(weights_only=True) refuses DictConfig.
         net, optimizer, scheduler = (plain_config(c) for c in (net, optimizer, scheduler))
         for key, value in net_settings.items():
-            if key not in net or net[key] != value:
+            found = _entries(net, key)
+            if value not in found.values():
+                listed = (
+                    ", ".join(f"net.{path} is {entry!r}" for path, entry in found.items()) or f"net.{key} is missing"
+                )
                 raise ValueError(
-                    f"model setting {key}={value!r} is not passed on to the network (net.{key} is "
-                    f"{net.get(key, 'missing')!r}); interpolate it, e.g. net.{key}: ${{model.{key}}}"
+                    f"model setting {key}={value!r} is not passed on to the network ({listed}); "
+                    f"interpolate it, e.g. net.{key}: ${{model.{key}}}"
                 )
         if num_classes < 2:
             raise ValueError(f"classification needs at least 2 classes, got num_classes={num_classes}")

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from geomol.data.images import load_mnist
-from geomol.models.affine_cnn import AffineCNN, PlainCNN, _ResidualBlock
+from geomol.models.affine_cnn import AUTHORS_CONVENTIONS, AffineCNN, PlainCNN, _ResidualBlock
 from geomol.nn.liegroup import GL2, SL2
 from geomol.tasks.image import ImageTask
 
@@ -21,7 +21,7 @@ def test_affine_cnn_is_invariant_to_quarter_turns(group):
     """With the SPD factor switched off and 8 equidistant angles, the sample set is closed under
     quarter turns, so the logits must be exactly invariant (the pixel grid maps onto itself)."""
     torch.manual_seed(0)
-    net = AffineCNN(group=group, num_samples=8, spd_std=0.0, **SMALL).double().eval()
+    net = AffineCNN(group=group, sampler=dict(num_samples=8, spd_std=0.0), **SMALL).double().eval()
     x = torch.rand(3, 1, 40, 40, dtype=torch.float64)
     logits = net(x)
     assert logits.shape == (3, 10)
@@ -47,7 +47,7 @@ def test_zero_background_makes_logits_independent_of_position(model, blocks):
         torch.manual_seed(1)
         if model == "affine":
             small = SMALL | dict(num_blocks=blocks)
-            net = AffineCNN(num_samples=4, mix_samples=False, zero_background=zero_background, **small)
+            net = AffineCNN(sampler=dict(num_samples=4), mix_samples=False, zero_background=zero_background, **small)
         else:
             net = PlainCNN(channels=6, num_blocks=blocks, head_hidden=16, zero_background=zero_background)
         return net.double().eval()
@@ -69,9 +69,8 @@ def test_fixed_rotation_closed_samples_keep_quarter_turn_invariance(group):
     x = torch.rand(2, 1, 40, 40, dtype=torch.float64)
     errors = {}
     for cycle in (0, 1, 2):
-        net = AffineCNN(
-            group=group, num_samples=8, spd_std=0.3, spd_sampling="quasi", spd_cycle=cycle, resample=False, **SMALL
-        )
+        sampler = dict(num_samples=8, spd_std=0.3, spd_sampling="quasi", spd_cycle=cycle, resample=False)
+        net = AffineCNN(group=group, sampler=sampler, **SMALL)
         net = net.double().eval()
         with torch.no_grad():
             logits = net(x)
@@ -81,11 +80,7 @@ def test_fixed_rotation_closed_samples_keep_quarter_turn_invariance(group):
     views = (
         AffineCNN(
             group=group,
-            num_samples=8,
-            spd_std=0.3,
-            spd_sampling="quasi",
-            spd_cycle=1,
-            resample=False,
+            sampler=dict(num_samples=8, spd_std=0.3, spd_sampling="quasi", spd_cycle=1, resample=False),
             mix_samples=False,
             **SMALL,
         )
@@ -102,31 +97,25 @@ def test_signal_transform_keeps_quarter_turn_invariance(group, mix):
     """transform="signal" (feature maps resampled instead of kernels) on a set closed under quarter turns:
     the logits are exactly invariant too, and the whole network differs from the kernel-frame one."""
     torch.manual_seed(0)
-    net = AffineCNN(group=group, num_samples=8, spd_std=0.0, mix_samples=mix, transform="signal", **SMALL)
+    closed = dict(num_samples=8, spd_std=0.0)
+    net = AffineCNN(group=group, sampler=closed, mix_samples=mix, transform="signal", **SMALL)
     net = net.double().eval()
     x = torch.rand(2, 1, 40, 40, dtype=torch.float64)
     with torch.no_grad():
         logits = net(x)
         for k in (1, 2, 3):
             torch.testing.assert_close(net(torch.rot90(x, k, (2, 3))), logits, rtol=1e-9, atol=1e-10)
-        kernel_frame = AffineCNN(group=group, num_samples=8, spd_std=0.0, mix_samples=mix, **SMALL).double().eval()
+        kernel_frame = AffineCNN(group=group, sampler=closed, mix_samples=mix, **SMALL).double().eval()
         kernel_frame.load_state_dict(net.state_dict())
         assert (kernel_frame(x) - logits).abs().max() > 1e-6
 
 
 def test_eval_sampler_overrides():
-    """Training draws follow angle_range / spd_std; the eval set follows eval_angles / eval_angle_range /
-    eval_spd_std and stays the same from call to call."""
+    """Training draws follow sampler.angle_range / spd_std; the eval set follows eval_sampler's angles /
+    angle_range / spd_std and stays the same from call to call."""
     net = AffineCNN(
-        num_samples=6,
-        eval_num_samples=8,
-        angles="uniform",
-        angle_range=0.25,
-        spd_std=0.2,
-        eval_angles="equidistant",
-        eval_angle_range=0.125,
-        eval_spd_std=0.0,
-        resample=True,
+        sampler=dict(num_samples=6, angles="uniform", angle_range=0.25, spd_std=0.2, resample=True),
+        eval_sampler=dict(num_samples=8, angles="equidistant", angle_range=0.125, spd_std=0.0),
         **SMALL,
     )
     group = SL2()
@@ -138,24 +127,25 @@ def test_eval_sampler_overrides():
     assert samples.shape == (8, 2, 2)
     theta = torch.atan2(samples[:, 1, 0], samples[:, 0, 0])
     expected = torch.pi / 8 * (2 * torch.arange(8, dtype=torch.float64) - 7) / 8
-    torch.testing.assert_close(theta, expected)  # pure turns (eval_spd_std=0) on the narrower grid
+    torch.testing.assert_close(theta, expected)  # pure turns (eval spd_std=0) on the narrower grid
     torch.testing.assert_close(net.group_samples(), samples)
     with pytest.raises(ValueError, match="angle_range"):
-        AffineCNN(eval_angle_range=2.0, **SMALL)
+        AffineCNN(eval_sampler=dict(angle_range=2.0), **SMALL)
 
 
 def test_group_samples_stream():
-    net = AffineCNN(group="gl2", num_samples=5, eval_num_samples=7, seed=3, **SMALL)
+    counts = dict(sampler=dict(num_samples=5), eval_sampler=dict(num_samples=7))
+    net = AffineCNN(group="gl2", seed=3, **counts, **SMALL)
     first, second = net.group_samples(), net.group_samples()
     assert first.shape == (5, 2, 2) and not torch.equal(first, second)
-    again = AffineCNN(group="gl2", num_samples=5, eval_num_samples=7, seed=3, **SMALL)
+    again = AffineCNN(group="gl2", seed=3, **counts, **SMALL)
     assert torch.equal(again.group_samples(), first)
     net.eval()
     fixed = net.group_samples()
     assert fixed.shape == (7, 2, 2) and torch.equal(fixed, net.group_samples())
     assert GL2().contains(first) and not torch.allclose(torch.linalg.det(first), torch.ones(5, dtype=first.dtype))
     with pytest.raises(ValueError, match="angles"):
-        AffineCNN(angles="random", **SMALL)
+        AffineCNN(sampler=dict(angles="random"), **SMALL)
     with pytest.raises(ValueError, match="head_norm"):
         AffineCNN(head_norm="group", **SMALL)
 
@@ -163,24 +153,25 @@ def test_group_samples_stream():
 def test_fixed_samples_without_resampling():
     """resample=False trains on the eval-mode set: the same samples at every step, in train and eval mode;
     with quasi SPD factors and equidistant angles the set does not depend on the seed either."""
-    net = AffineCNN(group="sl2", num_samples=6, resample=False, spd_sampling="quasi", seed=3, **SMALL)
+    fixed = dict(num_samples=6, resample=False, spd_sampling="quasi")
+    net = AffineCNN(group="sl2", sampler=fixed, seed=3, **SMALL)
     first = net.group_samples()
     assert torch.equal(first, net.group_samples()) and int(net.sample_step) == 0
-    other = AffineCNN(group="sl2", num_samples=6, resample=False, spd_sampling="quasi", seed=9, **SMALL)
+    other = AffineCNN(group="sl2", sampler=fixed, seed=9, **SMALL)
     assert torch.equal(other.group_samples(), first)
     net.eval()
     assert torch.equal(net.group_samples(), first)
     x = torch.rand(2, 1, 40, 40)
     torch.testing.assert_close(net(x), net(x))
     # The random sampler with a fixed set: still the eval set, now seed dependent.
-    random = AffineCNN(group="gl2", num_samples=5, resample=False, seed=3, **SMALL)
+    random = AffineCNN(group="gl2", sampler=dict(num_samples=5, resample=False), seed=3, **SMALL)
     train_set = random.group_samples()
     assert torch.equal(train_set, random.eval().group_samples())
     assert not torch.equal(
-        train_set, AffineCNN(group="gl2", num_samples=5, resample=False, seed=4, **SMALL).group_samples()
+        train_set, AffineCNN(group="gl2", sampler=dict(num_samples=5, resample=False), seed=4, **SMALL).group_samples()
     )
     with pytest.raises(ValueError, match="spd_sampling"):
-        AffineCNN(spd_sampling="grid", **SMALL)
+        AffineCNN(sampler=dict(spd_sampling="grid"), **SMALL)
 
 
 @pytest.mark.parametrize("group", ["gl2", "sl2"])
@@ -196,7 +187,7 @@ def test_one_training_step_lowers_the_loss_on_mnist_digits(group, fixtures_dir):
         net={
             "_target_": "geomol.models.affine_cnn.AffineCNN",
             "group": group,
-            "num_samples": 4,
+            "sampler": {"num_samples": 4},
             "dropout": 0.0,
             **SMALL,
         },
@@ -246,7 +237,7 @@ def test_configs_train_on_fixture_and_reload(tmp_path, fixtures_dir):
     )
     datamodule = hydra.utils.instantiate(cfg.data)
     task = hydra.utils.instantiate(cfg.model, **datamodule.task_kwargs(), _recursive_=False)
-    assert isinstance(task.net.group, GL2) and task.net.num_samples == 3
+    assert isinstance(task.net.group, GL2) and task.net.sampler.num_samples == 3
     trainer = pl.Trainer(
         fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
     )
@@ -264,6 +255,10 @@ def test_configs_train_on_fixture_and_reload(tmp_path, fixtures_dir):
     # A model-level handle that does not reach the network is refused.
     with pytest.raises(ValueError, match="group"):
         ImageTask(net={"_target_": "geomol.models.affine_cnn.AffineCNN"}, num_classes=10, optimizer={}, group="gl2")
+    # num_samples reaches the network through its sampler node.
+    with pytest.raises(ValueError, match="net.sampler.num_samples is 4"):
+        net = {"_target_": "geomol.models.affine_cnn.AffineCNN", "sampler": {"num_samples": 4}}
+        ImageTask(net=net, num_classes=10, optimizer={}, num_samples=3)
 
 
 def test_experiment_config_overrides_existing_keys(tmp_path):
@@ -280,21 +275,11 @@ def test_experiment_config_overrides_existing_keys(tmp_path):
 
 # -- the authors' recipe (experiment=affine_cnn_mnist) and geomol's options ---------------------------
 
-AUTHORS = dict(
-    layout="authors",
-    num_blocks=1,
-    norm_affine=False,
-    conv_bias=False,
-    spd_law="authors",
-    angles="linspace",
-    angle_chart="positive",
-    mask_type="authors",
-    offsets="affine_grid",
-    sample_reduce="sum",
-    siren_bias_init="zero",
-    eval_resample=True,
-    head_norm="layer",
-)
+
+def authors(*changes: dict) -> dict:
+    """AffineCNN arguments: AUTHORS_CONVENTIONS with the authors' LayerNorm head, then ``changes`` (nested
+    sampler nodes merged, not replaced)."""
+    return OmegaConf.to_container(OmegaConf.merge(AUTHORS_CONVENTIONS, {"head_norm": "layer"}, *changes))
 
 
 def _experiment_net(tmp_path: Path, name: str, **net_overrides):
@@ -320,7 +305,7 @@ def test_authors_experiment_is_their_model(tmp_path):
     assert len(net.blocks) == 1 and net.layout == "authors" and net.final.padding == 0 and net.blocks[0].act_before_add
     # No norm parameters and no conv biases: only the SIRENs and the head are learned.
     assert [name for name, _ in net.named_parameters() if ".siren." not in name and not name.startswith("head.")] == []
-    assert net.sampler["spd_law"] == "authors" and net.sampler["angles"] == "linspace" and net.eval_resample
+    assert net.sampler.spd_law == "authors" and net.sampler.angles == "linspace" and net.eval_sampler.resample
     assert net.lift.resolved_mask_type == "circular" and net.lift.offsets.abs().max().item() == pytest.approx(0.8)
     for conv in (net.blocks[0].conv1, net.blocks[0].conv2, net.final):
         assert conv.sample_reduce == "sum" and conv.angle_chart == "positive" and conv.resolved_mask_type == "circular"
@@ -337,9 +322,9 @@ def test_authors_experiment_is_their_model(tmp_path):
 def test_cpu_experiment_keeps_geomol_choices(tmp_path):
     """experiment=affine_cnn_mnist_cpu pins geomol's conventions (and keeps the bench's 17,930 parameters)."""
     net = _experiment_net(tmp_path, "affine_cnn_mnist_cpu")
-    assert _count(net) == 17_930 and net.layout == "geomol" and net.zero_background and not net.eval_resample
+    assert _count(net) == 17_930 and net.layout == "geomol" and net.zero_background and not net.eval_sampler.resample
     assert net.lift.resolved_mask_type == "smooth" and net.lift.offsets.abs().max().item() == 1.0
-    assert net.sampler["spd_law"] == "geomol" and net.blocks[0].conv1.sample_reduce == "mean"
+    assert net.sampler.spd_law == "geomol" and net.blocks[0].conv1.sample_reduce == "mean"
 
 
 def test_authors_block_activates_before_the_add():
@@ -366,27 +351,29 @@ def test_authors_layout_keeps_quarter_turn_invariance_on_a_closed_set(group):
     """With all the authors' conventions but a set closed under quarter turns (geomol's centred 8-gon, no SPD
     factor) the logits are exactly invariant; the authors' grid linspace(-π, π, 8) is not closed under them."""
     torch.manual_seed(0)
-    small = dict(channels=6, hidden_features=16, head_hidden=16, num_samples=8, spd_std=0.0)
+    small = dict(channels=6, hidden_features=16, head_hidden=16, sampler=dict(num_samples=8, spd_std=0.0))
+    fixed = dict(eval_sampler=dict(resample=False))
     x = torch.rand(2, 1, 40, 40, dtype=torch.float64)
-    closed = AffineCNN(group=group, **(AUTHORS | small | dict(angles="equidistant", eval_resample=False)))
-    authors = AffineCNN(group=group, **(AUTHORS | small | dict(eval_resample=False)))
-    authors.load_state_dict(closed.state_dict())
+    closed = AffineCNN(group=group, **authors(small, fixed, dict(sampler=dict(angles="equidistant"))))
+    theirs = AffineCNN(group=group, **authors(small, fixed))
+    theirs.load_state_dict(closed.state_dict())
     with torch.no_grad():
-        for net, exact in [(closed.double().eval(), True), (authors.double().eval(), False)]:
+        for net, exact in [(closed.double().eval(), True), (theirs.double().eval(), False)]:
             logits = net(x)
             error = max((net(torch.rot90(x, k, (2, 3))) - logits).abs().max().item() for k in (1, 2, 3))
             assert (error < 1e-10) if exact else (error > 1e-6), (exact, error)
 
 
 def test_eval_resample_draws_a_new_set_at_every_eval_pass():
-    """eval_resample (the authors' sample_inference=True): eval-mode sets differ from call to call, come from
+    """eval_sampler.resample (the authors' sample_inference=True): eval-mode sets differ from call to call, come from
     a seeded stream of their own (a fresh module repeats it), and leave the training stream alone."""
-    net = AffineCNN(num_samples=5, eval_resample=True, seed=2, **SMALL).eval()
+    redrawn = dict(sampler=dict(num_samples=5), eval_sampler=dict(resample=True))
+    net = AffineCNN(seed=2, **redrawn, **SMALL).eval()
     first, second = net.group_samples(), net.group_samples()
     assert not torch.equal(first, second) and int(net.sample_step) == 0
-    again = AffineCNN(num_samples=5, eval_resample=True, seed=2, **SMALL).eval()
+    again = AffineCNN(seed=2, **redrawn, **SMALL).eval()
     assert torch.equal(again.group_samples(), first)
-    fixed = AffineCNN(num_samples=5, seed=2, **SMALL).eval()
+    fixed = AffineCNN(sampler=dict(num_samples=5), seed=2, **SMALL).eval()
     assert torch.equal(fixed.group_samples(), fixed.group_samples())
     assert not torch.equal(fixed.group_samples(), first)
 
@@ -399,7 +386,8 @@ def test_per_layer_sample_sets_are_the_authors_sampling_wrapper():
     def record(name):
         return lambda module, args: seen.__setitem__(name, args[1:])
 
-    net = AffineCNN(num_samples=4, sample_sets="per_layer", **(SMALL | AUTHORS | dict(eval_resample=False))).eval()
+    four_fixed = dict(sampler=dict(num_samples=4), eval_sampler=dict(resample=False))
+    net = AffineCNN(**authors(SMALL, four_fixed, dict(sample_sets="per_layer"))).eval()
     net.lift.register_forward_pre_hook(record("lift"))
     net.blocks[0].conv1.register_forward_pre_hook(record("block"))
     net.final.register_forward_pre_hook(record("final"))
@@ -410,10 +398,10 @@ def test_per_layer_sample_sets_are_the_authors_sampling_wrapper():
         net(torch.rand(1, 1, 40, 40))
     assert torch.equal(seen["lift"][0], sets[0]) and torch.equal(seen["block"][0], sets[0])
     assert torch.equal(seen["final"][0], sets[1]) and torch.equal(seen["final"][1], sets[2])
-    shared = AffineCNN(num_samples=4, **(SMALL | AUTHORS | dict(eval_resample=False))).eval()
+    shared = AffineCNN(**authors(SMALL, four_fixed)).eval()
     assert shared.num_sample_sets == 1 and torch.equal(shared.group_samples(), sets[0])
     with pytest.raises(ValueError, match="mix_samples"):
-        AffineCNN(sample_sets="per_layer", mix_samples=False, **(SMALL | AUTHORS))
+        AffineCNN(**authors(SMALL, dict(sample_sets="per_layer", mix_samples=False)))
     with pytest.raises(ValueError, match="sample_sets"):
         AffineCNN(sample_sets="each", **SMALL)
     with pytest.raises(ValueError, match="layout"):
@@ -426,9 +414,11 @@ def test_sum_and_mean_over_samples_differ_only_through_the_norms_eps():
     """Every group conv feeds a scale-invariant norm, so the authors' sum and geomol's mean (a factor N_in = 10)
     give nearly the same logits on the same weights: the bench's reduce=mean variant measures the norms' eps."""
     torch.manual_seed(0)
-    small = dict(channels=6, hidden_features=16, head_hidden=16, num_samples=10, eval_resample=False)
-    total = AffineCNN(**(AUTHORS | small)).double().eval()
-    mean = AffineCNN(**(AUTHORS | small | dict(sample_reduce="mean"))).double().eval()
+    small = dict(
+        channels=6, hidden_features=16, head_hidden=16, sampler=dict(num_samples=10), eval_sampler=dict(resample=False)
+    )
+    total = AffineCNN(**authors(small)).double().eval()
+    mean = AffineCNN(**authors(small, dict(sample_reduce="mean"))).double().eval()
     mean.load_state_dict(total.state_dict())
     x = torch.rand(2, 1, 40, 40, dtype=torch.float64)
     with torch.no_grad():

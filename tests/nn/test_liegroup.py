@@ -10,6 +10,7 @@ from geomol.nn.liegroup import (
     GroupConv,
     GroupLayerNorm,
     GroupRMSNorm,
+    GroupSampler,
     LiftingConv,
     SirenKernel,
     get_group,
@@ -543,3 +544,29 @@ def test_layers_with_the_authors_conventions_are_exactly_equivariant_to_quarter_
     torch.testing.assert_close(
         conv(out, samples), torch.rot90(conv(out_moved, moved), 1, (3, 4)), rtol=1e-10, atol=1e-12
     )
+
+
+def test_group_sampler_draws_the_sample_law_and_builds_from_config_nodes():
+    """GroupSampler is LinearGroup2.sample's law; a config node's null entries keep the base's values."""
+    law = GroupSampler(num_samples=5, spd_std=0.2, spd_law="authors", angles="uniform", angle_range=0.5)
+    expected = SL2().sample(
+        5, spd_std=0.2, spd_law="authors", angles="uniform", angle_range=0.5, generator=torch.Generator().manual_seed(1)
+    )
+    assert torch.equal(law.sample("sl2", torch.Generator().manual_seed(1)), expected)
+    eval_law = GroupSampler.build({"num_samples": 8, "angles": None, "resample": False}, base=law)
+    assert (eval_law.num_samples, eval_law.angles, eval_law.spd_law, eval_law.resample) == (
+        8,
+        "uniform",
+        "authors",
+        False,
+    )
+    assert GroupSampler.build(None) == GroupSampler() and GroupSampler.build(law) is law
+    with pytest.raises(ValueError, match="unknown sampler setting"):
+        GroupSampler.build({"eval_angles": "linspace"})
+    with pytest.raises(ValueError, match="angles"):
+        GroupSampler(angles="random")
+    # The layers moved to liegroup_conv; their old import path names the same objects.
+    import geomol.nn.liegroup as groups
+    import geomol.nn.liegroup_conv as layers
+
+    assert all(getattr(groups, name) is getattr(layers, name) for name in layers.__all__)

@@ -8,15 +8,19 @@ import torch
 from geomol.nn.graph import full_graph
 from geomol.nn.ponita import (
     ConvNextBlock,
+    EdgeLiftedSpace,
     FiberBundleConv,
+    FiberBundleSpace,
     PointConv,
     PolynomialFeatures,
+    PositionSpace,
     distance_invariants,
     fiber_bundle_invariants,
     fibonacci_grid,
     lift_to_edges,
     lifted_graph,
     point_invariants,
+    ponita_space,
     random_rotation_matrix,
     repulsion_grid,
     sphere_to_scalar,
@@ -242,3 +246,29 @@ def test_self_loops_have_finite_second_derivatives(generator):
     (grad,) = torch.autograd.grad(energy, pos, create_graph=True)
     (second,) = torch.autograd.grad(grad.pow(2).sum(), pos)
     assert torch.isfinite(grad).all() and torch.isfinite(second).all()
+
+
+def test_spaces_lift_and_read_out(generator):
+    """num_ori picks the space; a space holds no state, and reading out a lifted constant gives it back."""
+    assert type(ponita_space(0)) is PositionSpace and type(ponita_space(-1)) is EdgeLiftedSpace
+    grid_space = ponita_space(12, grid_seed=3)
+    assert type(grid_space) is FiberBundleSpace and not ponita_space(-1).state_dict() and not grid_space.state_dict()
+    pos = torch.randn(5, 3, dtype=torch.float64, generator=generator)
+    batch = torch.zeros(5, dtype=torch.long)
+    edge_index = full_graph(batch, loop=True)
+    scalars = torch.randn(5, 2, dtype=torch.float64, generator=generator)
+    vectors = torch.randn(5, 1, 3, dtype=torch.float64, generator=generator)
+    no_vector = scalars[:, :0]
+    r3 = PositionSpace().lift(pos, batch, edge_index, scalars)
+    torch.testing.assert_close(r3.invariants[0], distance_invariants(pos, edge_index))
+    assert PositionSpace().readout(scalars, no_vector, r3) == (scalars, None)
+    lifted = EdgeLiftedSpace().lift(pos, batch, edge_index, scalars, vectors)
+    assert lifted.features.shape == (20, 3) and lifted.invariants[0].shape == (lifted.edge_index.size(1), 3)
+    torch.testing.assert_close(EdgeLiftedSpace().readout(lifted.features[:, :2], no_vector, lifted)[0], scalars)
+    grid = repulsion_grid(12, seed=3)  # a spherical 5-design: the readout inverts the lift up to 1/3
+    on_grid = grid_space.eval().lift(pos, batch, edge_index, scalars, vectors, grid)
+    scalar, vector = grid_space.readout(on_grid.features[..., :2], on_grid.features[..., 2:], on_grid)
+    torch.testing.assert_close(scalar, scalars)
+    torch.testing.assert_close(vector, vectors / 3)
+    with pytest.raises(ValueError, match="complete_invariants"):
+        ponita_space(8, complete_invariants=True)
