@@ -28,7 +28,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from geomol.flows.bonds import upper_pairs
-from geomol.flows.molecule import MolecularFlow
+from geomol.flows.molecule import MolecularFlow, MoleculeState
 from geomol.flows.sampler import euler_sample
 from geomol.models.propmolflow import PropMolFlow
 
@@ -82,18 +82,18 @@ def matrix_flops_per_step(field: PropMolFlow, n_atoms: torch.Tensor, device: tor
     batch = torch.repeat_interleave(torch.arange(n_atoms.numel(), device=device), n_atoms.to(device))
     pairs = upper_pairs(batch)
     n = batch.numel()
-    args = (
-        torch.zeros(n, dtype=torch.long, device=device),
-        torch.zeros(n, dtype=torch.long, device=device),
+    state = MoleculeState(
         torch.randn(n, 3, device=device),
+        torch.zeros(n, dtype=torch.long, device=device),
+        torch.zeros(n, dtype=torch.long, device=device),
         torch.zeros(pairs.size(1), dtype=torch.long, device=device),
         pairs,
-        torch.zeros(n_atoms.numel(), device=device),
         batch,
+        torch.zeros(n_atoms.numel(), device=device),
     )
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
-        field(*args)
+        field(state)
     return float(counter.get_total_flops())
 
 

@@ -1,7 +1,8 @@
 """``python -m geomol.generate ckpt=PATH num_molecules=N output=mols.sdf [condition.gap=7.0 ...]``.
 
-Samples molecules from a :class:`~geomol.tasks.generation.GenerationTask` checkpoint (which holds the
-conditioning properties, their statistics and the sampler settings), writes them to an SDF file
+Samples molecules with :class:`~geomol.flows.generator.MoleculeGenerator` from a
+:class:`~geomol.tasks.generation.GenerationTask` checkpoint (which holds the conditioning properties,
+their statistics and the sampler settings), writes them to an SDF file
 (atomically; SD tags hold the conditioning values) and a PNG grid of 2D depictions, and prints their
 metrics. Other keys of ``geomol/conf/generate.yaml`` (``steps``, ``batch_size``, ``seed``, ``n_atoms``,
 ``eta``, ``temperature``, ``device``, ``regressor``) override as ``key=value``.
@@ -18,7 +19,6 @@ from omegaconf import DictConfig, OmegaConf
 from rdkit import Chem
 from rdkit.Chem import Draw
 
-from geomol.checkpoints import load_task
 from geomol.cli.common import (
     bool_option,
     check_output,
@@ -31,16 +31,15 @@ from geomol.cli.common import (
 )
 from geomol.cli.evaluate import load_regressor, property_errors, regressor_record
 from geomol.data.chem import atomic_write, write_sdf
+from geomol.flows.generator import MoleculeGenerator
 from geomol.metrics.summary import molecule_metrics
 
 __all__ = ["main", "run", "load_generator", "draw_grid"]
 
 
-def load_generator(path: str | Path, device, trust_checkpoint: bool = False):
-    """A trained :class:`~geomol.tasks.generation.GenerationTask`, in eval mode, loaded safely."""
-    from geomol.tasks.generation import GenerationTask
-
-    return load_task(path, expected=GenerationTask, map_location=device, trust_checkpoint=trust_checkpoint)
+def load_generator(path: str | Path, device, trust_checkpoint: bool = False) -> MoleculeGenerator:
+    """The :class:`~geomol.flows.generator.MoleculeGenerator` of a ``GenerationTask`` checkpoint, loaded safely."""
+    return MoleculeGenerator.from_checkpoint(path, device=device, trust_checkpoint=trust_checkpoint)
 
 
 def _depiction(mol: Chem.Mol) -> Chem.Mol:
@@ -122,11 +121,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.regressor:
         histogram = check_output(output.with_name(output.stem + "_property.png"), ".png", "histogram", inputs)
     device = resolve_device(cfg.device)
-    task = load_generator(cfg.ckpt, device, trust)
+    generator = load_generator(cfg.ckpt, device, trust)
     regressor = load_regressor(cfg.regressor, device, trust) if cfg.regressor else None
     condition = OmegaConf.to_container(cfg.condition)
     start = time.perf_counter()
-    mols = task.sample(num, condition=condition, n_atoms=n_atoms, progress=progress, precision=precision, **opts)
+    mols = generator.sample(num, condition=condition, n_atoms=n_atoms, progress=progress, precision=precision, **opts)
     seconds = time.perf_counter() - start
     metrics = molecule_metrics(mols)
     metrics["molecules_per_second"] = len(mols) / seconds
@@ -139,7 +138,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         )
     write_sdf(mols, output)  # after the regressor: its predictions are SD tags (predicted_<name>)
     shown = mols[:grid]
-    draw_grid(shown, png, [_legend(k, m, task.hparams.condition) for k, m in enumerate(shown)])
+    draw_grid(shown, png, [_legend(k, m, generator.condition) for k, m in enumerate(shown)])
     return metrics
 
 

@@ -1,9 +1,11 @@
 """Flow matching for molecules: priors with OT alignment, interpolation schedules, CTMC mask flows,
-property conditioning and the Euler sampler (PropMolFlow, Zeng et al. 2025; FlowMol, Dunn & Koes 2024)."""
+property conditioning, the Euler sampler (PropMolFlow, Zeng et al. 2025; FlowMol, Dunn & Koes 2024) and
+:class:`MoleculeGenerator`, which samples RDKit molecules from a trained checkpoint."""
 
 from .bonds import bonds_from_pairs, pair_bond_types, pair_edge_index, upper_pairs
 from .conditioning import METHODS, PropertyConditioning, PropertyEmbedding
 from .ctmc import MaskedFlow
+from .generator import ConditionStatistics, MoleculeGenerator
 from .interpolants import CosineSchedule, LinearSchedule, make_schedule
 from .molecule import MolecularFlow, MoleculeState
 from .priors import align_prior, center, centered_gaussian, kabsch_rotation, optimal_permutation
@@ -31,4 +33,6 @@ __all__ = [
     "AtomCounts",
     "euler_sample",
     "split_molecules",
+    "MoleculeGenerator",
+    "ConditionStatistics",
 ]

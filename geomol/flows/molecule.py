@@ -18,19 +18,35 @@ from geomol.flows.ctmc import MaskedFlow
 from geomol.flows.interpolants import Schedule, interpolate, make_schedule
 from geomol.flows.priors import align_prior, center, centered_gaussian
 
-__all__ = ["MoleculeState", "MolecularFlow", "MODALITIES"]
+__all__ = ["MoleculeState", "MolecularFlow", "MODALITIES", "CHARGES"]
 
 # Positions, atom types, formal charges, bond orders (FlowMol's x, a, c, e).
 MODALITIES = ("x", "a", "c", "e")
 
 
+# Formal charges the flow can produce (class k is charge CHARGES[k]); QM9 has only -1, 0, +1.
+CHARGES = (-2, -1, 0, 1, 2, 3)
+
+
 class MoleculeState(NamedTuple):
-    """A batch of molecules on the complete graph; categorical values are class indices."""
+    """A batch of molecules on the complete graph at time ``t``; categorical values are class indices.
+
+    The four variables are what the flow moves; ``pairs``, ``batch`` and ``t`` say which atoms and
+    pairs belong to which molecule and where on the path it is. The vector field needs all seven
+    (:class:`~geomol.models.propmolflow.PropMolFlow`); per-modality operations need only the first four.
+
+    Shapes:
+        pos ``[N, 3]``, atom_type ``[N]``, charge ``[N]``, bond_type ``[P]`` (one token per pair
+        ``i < j``), pairs ``[2, P]``, batch ``[N]``, t ``[B]``
+    """
 
     pos: Tensor  # [N, 3]
     atom_type: Tensor  # [N]
     charge: Tensor  # [N]
     bond_type: Tensor  # [P], one token per pair i < j
+    pairs: Tensor | None = None  # [2, P], i < j (geomol.flows.bonds.upper_pairs)
+    batch: Tensor | None = None  # [N], molecule of each atom
+    t: Tensor | None = None  # [B], time of each molecule
 
 
 class MolecularFlow:
@@ -86,7 +102,8 @@ class MolecularFlow:
     ) -> tuple[MoleculeState, MoleculeState]:
         """Sample ``g_t`` on the conditional paths from a fresh prior to ``clean``.
 
-        Returns the centred clean molecule (the regression target) and the noisy one.
+        Returns the centred clean molecule (the regression target) and the noisy one, which carries
+        ``clean.pairs``, ``batch`` and ``t``: the vector field's input.
 
         Shapes:
             clean: positions ``[N, 3]``, tokens ``[N]`` / ``[P]``; batch ``[N]``; pair_batch ``[P]``;
@@ -102,8 +119,11 @@ class MolecularFlow:
             self.masks["a"].corrupt(clean.atom_type, alpha["a"][batch], generator),
             self.masks["c"].corrupt(clean.charge, alpha["c"][batch], generator),
             self.masks["e"].corrupt(clean.bond_type, alpha["e"][pair_batch], generator),
+            clean.pairs,
+            batch,
+            t,
         )
-        return MoleculeState(x1, clean.atom_type, clean.charge, clean.bond_type), noisy
+        return clean._replace(pos=x1), noisy
 
     def losses(self, pred, target: MoleculeState, noisy: MoleculeState) -> dict[str, Tensor]:
         """MSE of positions and masked-token cross-entropies, keyed ``x, a, c, e``.

@@ -112,7 +112,8 @@ def euler_sample(
     """Integrate the flow from the prior to molecules with the given numbers of atoms.
 
     Args:
-        field: a vector field with the call signature of :class:`~geomol.models.propmolflow.PropMolFlow`.
+        field: a vector field with the call signature of :class:`~geomol.models.propmolflow.PropMolFlow`,
+            ``field(state, condition)`` with the state's pairs, batch and time set.
         flow: schedules and categorical flows.
         n_atoms: atoms of each molecule ``[B]`` (at least 1).
         condition: standardised properties ``[B, P]`` for a conditional field.
@@ -126,7 +127,7 @@ def euler_sample(
             integration, softmaxes and token draws do not change precision.
 
     Returns:
-        (molecule state, batch ``[N]``, pairs ``[2, P]``); no token is left in its mask state.
+        (molecule state at ``t = 1``, batch ``[N]``, pairs ``[2, P]``); no token is left in its mask state.
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
@@ -142,27 +143,25 @@ def euler_sample(
     num_graphs = n_atoms.numel()
     if condition is not None:
         condition = condition.to(device=device, dtype=dtype)
+    times = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
+
+    def at(k: int) -> Tensor:  # [B], every molecule at time times[k]
+        return torch.full((num_graphs,), float(times[k]), device=device, dtype=dtype)
+
     state = MoleculeState(
         flow.prior_positions(batch, generator, dtype),
         torch.full_like(batch, flow.masks["a"].mask_index),
         torch.full_like(batch, flow.masks["c"].mask_index),
         torch.full((pairs.size(1),), flow.masks["e"].mask_index, dtype=torch.long, device=device),
+        pairs,
+        batch,
+        at(0),
     )
-    times = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
     alphas = flow.alphas(times)
     for k in range(steps):
-        t, dt = float(times[k]), float(times[k + 1] - times[k])
+        dt = float(times[k + 1] - times[k])
         with _precision(precision, device):
-            out = field(
-                state.atom_type,
-                state.charge,
-                state.pos,
-                state.bond_type,
-                pairs,
-                torch.full((num_graphs,), t, device=device, dtype=dtype),
-                batch,
-                condition,
-            )
+            out = field(state, condition)
         if precision != "32":  # the integration, softmaxes and token draws stay float32
             out = type(out)(*(x.to(dtype) if torch.is_tensor(x) and x.is_floating_point() else x for x in out))
         a_t = {m: float(alphas[m][k]) for m in alphas}
@@ -174,6 +173,9 @@ def euler_sample(
             flow.masks["a"].step(state.atom_type, out.atom_logits, a_t["a"], a_s["a"], **step),
             flow.masks["c"].step(state.charge, out.charge_logits, a_t["c"], a_s["c"], **step),
             flow.masks["e"].step(state.bond_type, out.bond_logits, a_t["e"], a_s["e"], **step),
+            pairs,
+            batch,
+            at(k + 1),
         )
         if on_step is not None:
             on_step()

@@ -23,6 +23,7 @@ from torch_geometric.utils import scatter
 
 from geomol.flows.bonds import pair_edge_index
 from geomol.flows.conditioning import PropertyConditioning
+from geomol.flows.molecule import MoleculeState
 from geomol.nn.graph import edge_vectors
 from geomol.nn.gvp import GVPConv, GVPEdgeUpdate, GVPPositionUpdate
 from geomol.nn.radial import GaussianBasis
@@ -76,9 +77,9 @@ class PropMolFlow(nn.Module):
             (``method``, ``gaussian_expansion``, ``n_gaussians``, ...); ignored when unconditional.
 
     Shapes:
-        atom_type ``[N]``, charge ``[N]`` (class indices, ``num_*`` is the mask), pos ``[N, 3]``,
-        bond_type ``[P]``, pairs ``[2, P]`` (``i < j``), t ``[B]``, batch ``[N]``,
-        condition ``[B, num_properties]`` -> :class:`FieldOutput`
+        state: a :class:`~geomol.flows.molecule.MoleculeState` with atom_type ``[N]``, charge ``[N]``
+        (class indices, ``num_*`` is the mask), pos ``[N, 3]``, bond_type ``[P]``, pairs ``[2, P]``
+        (``i < j``), batch ``[N]``, t ``[B]``; condition ``[B, num_properties]`` -> :class:`FieldOutput`
     """
 
     def __init__(
@@ -104,7 +105,7 @@ class PropMolFlow(nn.Module):
         if n_updates < 1:
             raise ValueError(f"n_updates must be at least 1, got {n_updates}")
         self.num_atom_types, self.num_charges, self.num_bond_types = num_atom_types, num_charges, num_bond_types
-        self.vectors = vectors
+        self.vectors, self.edge_features = vectors, edge_features
         self.num_properties = num_properties
         # One extra input class per variable for its mask state, plus the time.
         self.node_embedding = _embedding_mlp(num_atom_types + num_charges + 3, scalars)
@@ -128,17 +129,13 @@ class PropMolFlow(nn.Module):
         vec, dist = edge_vectors(pos, edge_index)
         return vec / (dist.unsqueeze(-1) + 1e-8), self.rbf(dist)
 
-    def forward(
-        self,
-        atom_type: Tensor,
-        charge: Tensor,
-        pos: Tensor,
-        bond_type: Tensor,
-        pairs: Tensor,
-        t: Tensor,
-        batch: Tensor,
-        condition: Tensor | None = None,
-    ) -> FieldOutput:
+    def forward(self, state: MoleculeState, condition: Tensor | None = None) -> FieldOutput:
+        """Predict the clean molecule from the noisy ``state`` (which must carry pairs, batch and t),
+        given standardised properties ``condition`` ``[B, num_properties]`` for a conditional field."""
+        missing = [name for name in ("pairs", "batch", "t") if getattr(state, name) is None]
+        if missing:
+            raise ValueError(f"the field needs the state's pairs, batch and t; {', '.join(missing)} missing")
+        pos, atom_type, charge, bond_type, pairs, batch, t = state
         if (condition is None) != (self.condition is None):
             raise ValueError(
                 f"this field was built for {self.num_properties} conditioning properties but got "

@@ -409,12 +409,12 @@ def test_hopeless_batch_is_refused_before_sampling(checkpoint, tmp_path, capsys)
 
 
 def test_allocator_error_is_one_line_with_the_batch(checkpoint, tmp_path, capsys, monkeypatch):
-    import geomol.tasks.generation as generation
+    import geomol.flows.generator as generator
 
     def fail(*args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory")
 
-    monkeypatch.setattr(generation, "euler_sample", fail)
+    monkeypatch.setattr(generator, "euler_sample", fail)
     with pytest.raises(SystemExit) as exit_info:
         generate_main([f"ckpt={checkpoint}", "num_molecules=3", "batch_size=3", f"output={tmp_path}/m.sdf",
                        "n_atoms=9", "condition.gap=6.8", "progress=false"])  # fmt: skip

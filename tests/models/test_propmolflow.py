@@ -2,14 +2,16 @@ import pytest
 import torch
 
 from geomol.flows.bonds import upper_pairs
+from geomol.flows.molecule import MoleculeState
 from geomol.models.propmolflow import PropMolFlow
 from geomol.testing import assert_equivariant, assert_permutation_equivariant
 
 
 def _inputs(generator, num_properties=0):
+    """A noisy two-molecule state and its condition (None when unconditional)."""
     batch = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1])
     pairs = upper_pairs(batch)
-    return dict(
+    state = MoleculeState(
         atom_type=torch.randint(0, 6, (8,), generator=generator),
         charge=torch.randint(0, 7, (8,), generator=generator),
         pos=torch.randn(8, 3, dtype=torch.float64, generator=generator),
@@ -17,8 +19,9 @@ def _inputs(generator, num_properties=0):
         pairs=pairs,
         t=torch.rand(2, dtype=torch.float64, generator=generator),
         batch=batch,
-        condition=torch.randn(2, num_properties, dtype=torch.float64, generator=generator) if num_properties else None,
     )
+    condition = torch.randn(2, num_properties, dtype=torch.float64, generator=generator) if num_properties else None
+    return state, condition
 
 
 def _field(**kw):
@@ -31,12 +34,11 @@ def test_field_is_se3_equivariant(num_properties, generator):
     field = _field(
         num_properties=num_properties, conditioning={"method": "concatenate_sum", "gaussian_expansion": True}
     )
-    inputs = _inputs(generator, num_properties)
-    pos = inputs.pop("pos")
+    state, condition = _inputs(generator, num_properties)
     # Predicted positions are centred: they rotate and ignore shifts. Logits are invariant.
     assert_equivariant(
-        lambda x: tuple(field(pos=x, **inputs)),
-        pos,
+        lambda x: tuple(field(state._replace(pos=x), condition)),
+        state.pos,
         output=("vector", "scalar", "scalar", "scalar"),
         reflections=False,
         generator=generator,
@@ -45,36 +47,37 @@ def test_field_is_se3_equivariant(num_properties, generator):
 
 def test_field_is_not_reflection_equivariant(generator):
     field = _field()
-    inputs = _inputs(generator)
-    pos = inputs.pop("pos")
+    state, _ = _inputs(generator)
     with pytest.raises(AssertionError, match="reflection"):
         assert_equivariant(
-            lambda x: tuple(field(pos=x, **inputs)), pos, output=("vector", "scalar", "scalar", "scalar")
+            lambda x: tuple(field(state._replace(pos=x))), state.pos, output=("vector", "scalar", "scalar", "scalar")
         )
 
 
 def test_field_is_permutation_equivariant(generator):
     field = _field()
-    inputs = _inputs(generator)
+    state, _ = _inputs(generator)
 
     def run(p):
         if p is None:
-            res = field(**inputs)
+            res = field(state)
             return res.pos, res.atom_logits, res.charge_logits
-        batch = inputs["batch"][p]
+        batch = state.batch[p]
         pairs = upper_pairs(batch)
         # The token of new pair (x, y) is that of the old pair of atoms (p[x], p[y]).
-        old = {(int(a), int(b)): k for k, (a, b) in enumerate(inputs["pairs"].t())}
+        old = {(int(a), int(b)): k for k, (a, b) in enumerate(state.pairs.t())}
         lo, hi = torch.minimum(p[pairs[0]], p[pairs[1]]), torch.maximum(p[pairs[0]], p[pairs[1]])
         order = torch.tensor([old[(int(a), int(b))] for a, b in zip(lo, hi)])
         res = field(
-            atom_type=inputs["atom_type"][p],
-            charge=inputs["charge"][p],
-            pos=inputs["pos"][p],
-            bond_type=inputs["bond_type"][order],
-            pairs=pairs,
-            t=inputs["t"],
-            batch=batch,
+            MoleculeState(
+                atom_type=state.atom_type[p],
+                charge=state.charge[p],
+                pos=state.pos[p],
+                bond_type=state.bond_type[order],
+                pairs=pairs,
+                t=state.t,
+                batch=batch,
+            )
         )
         return res.pos, res.atom_logits, res.charge_logits
 
@@ -82,9 +85,16 @@ def test_field_is_permutation_equivariant(generator):
 
 
 def test_field_checks_its_conditioning(generator):
-    inputs = _inputs(generator, 1)
+    state, condition = _inputs(generator, 1)
     with pytest.raises(ValueError, match="0 conditioning properties"):
-        _field()(**inputs)
-    inputs["condition"] = None
+        _field()(state, condition)
     with pytest.raises(ValueError, match="1 conditioning properties"):
-        _field(num_properties=1)(**inputs)
+        _field(num_properties=1)(state, None)
+
+
+def test_field_needs_the_graph_and_time_of_the_state(generator):
+    state, _ = _inputs(generator)
+    with pytest.raises(ValueError, match="the field needs the state's pairs, batch and t; t missing"):
+        _field()(state._replace(t=None))
+    with pytest.raises(ValueError, match="pairs, batch missing"):
+        _field()(MoleculeState(state.pos, state.atom_type, state.charge, state.bond_type, t=state.t))

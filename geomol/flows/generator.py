@@ -1,0 +1,433 @@
+"""MoleculeGenerator: the one object that samples molecules from a trained molecular flow.
+
+The command line (``python -m geomol.generate``), the notebooks, :meth:`GenerationTask.sample
+<geomol.tasks.generation.GenerationTask.sample>` and the Python API all sample through it::
+
+    from geomol.flows import MoleculeGenerator
+
+    generator = MoleculeGenerator.from_checkpoint("propmolflow_qm9_gap_cpu")  # a path or a pretrained name
+    mols = generator.sample(64, condition={"gap": 6.8}, seed=0)  # RDKit molecules with 3D conformers
+
+It resolves the request (conditioning values, atom counts, memory), integrates the flow in batches
+(:func:`~geomol.flows.sampler.euler_sample`) and turns each molecule into an RDKit molecule.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from rdkit import Chem
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from geomol.checkpoints import load_task
+from geomol.data.chem import ATOMIC_NUMBERS, ELEMENTS, mol_from_graph
+from geomol.flows.bonds import bonds_from_pairs
+from geomol.flows.molecule import CHARGES, MolecularFlow, MoleculeState
+from geomol.flows.sampler import AtomCounts, euler_sample, split_molecules
+from geomol.metrics.conditional import quantile_sample
+from geomol.metrics.validity import sanitized
+
+__all__ = ["MoleculeGenerator", "ConditionStatistics", "DEFAULT_SAMPLING", "available_memory", "pair_bytes"]
+
+log = logging.getLogger("geomol")
+
+DEFAULT_SAMPLING = {"steps": 100, "eta": 10.0, "temperature": 0.05, "batch_size": 128}
+# Atomic number of each element class of the flow.
+TYPE_TO_Z = torch.tensor([ATOMIC_NUMBERS[s] for s in ELEMENTS])
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free bytes on ``device``: CUDA's free memory, or the host's MemAvailable; None if unknown."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, RuntimeError, ValueError):
+        return None
+    return None
+
+
+def pair_bytes(edge_features: int, vectors: int) -> int:
+    """Bytes one atom pair holds at the peak of a sampling step: the pair features and their messages
+    through one update (float32, ~8 live copies of the edge features plus geometry). A rough upper
+    bound for refusing hopeless batches up front, not a measurement."""
+    return 4 * (8 * edge_features + 6 * vectors + 32)
+
+
+def _numbers(name: str, value) -> Tensor:
+    """A condition value as a 1-D float64 tensor of finite numbers, or a one-line ValueError."""
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if isinstance(value, Tensor):
+        items = value.flatten().tolist()
+    bad = [v for v in items if isinstance(v, bool) or not isinstance(v, (int, float))]
+    if bad or not items:
+        shown = bad[0] if bad else value
+        raise ValueError(f"condition.{name} must be a number, a list of numbers, 'sample' or 'ood', got {shown!r}")
+    out = torch.tensor(items, dtype=torch.float64)
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(f"condition.{name} must be finite numbers, got {value!r}")
+    return out
+
+
+@dataclass(frozen=True)
+class ConditionStatistics:
+    """The properties a generator is conditioned on and what it knows of them, in raw units.
+
+    Args:
+        names: the properties, in the order of the field's condition columns (empty: unconditional).
+        units: unit of each property.
+        mean, std: per-molecule statistics of the training molecules; the field sees
+            ``(value - mean) / std``.
+        ood_targets: out-of-distribution value of each property (99th percentile of the training
+            molecules), for ``condition={name: "ood"}``; None if unknown.
+        test_quantiles: per property, equally spaced quantiles of its test-split distribution, for
+            ``condition={name: "sample"}``; None if unknown.
+    """
+
+    names: tuple[str, ...] = ()
+    units: tuple[str, ...] = ()
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    ood_targets: tuple[float, ...] | None = None
+    test_quantiles: tuple[tuple[float, ...], ...] | None = None
+
+    def __post_init__(self) -> None:
+        plain = {
+            "names": tuple(str(n) for n in self.names),
+            "units": tuple(str(u) for u in self.units),
+            "mean": tuple(float(v) for v in self.mean),
+            "std": tuple(float(v) for v in self.std),
+            "ood_targets": None if self.ood_targets is None else tuple(float(v) for v in self.ood_targets),
+            "test_quantiles": None
+            if self.test_quantiles is None
+            else tuple(tuple(float(v) for v in row) for row in self.test_quantiles),
+        }
+        for key, value in plain.items():
+            object.__setattr__(self, key, value)
+        sizes = {key: len(value) for key, value in plain.items() if value is not None}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"condition statistics need one entry per property; got {sizes}")
+
+
+class MoleculeGenerator:
+    """Samples molecules (RDKit, with 3D conformers) from a trained vector field and its flow.
+
+    Args:
+        net: the vector field (:class:`~geomol.models.propmolflow.PropMolFlow` or one with its call
+            signature, ``net(state, condition)``); sampled in eval mode, its weights are shared, not copied.
+        flow: the :class:`~geomol.flows.molecule.MolecularFlow` it was trained with.
+        atom_counts: distribution of molecule sizes (:class:`~geomol.flows.sampler.AtomCounts`).
+        statistics: the conditioning properties and their statistics (default: unconditional).
+        sampling: default ``steps``, ``eta``, ``temperature``, ``batch_size`` of :meth:`sample`
+            (missing keys: :data:`DEFAULT_SAMPLING`).
+        device: move ``net`` there (default: where it is).
+        precision: default precision of :meth:`sample`, ``"32"`` or ``"bf16"``.
+        pair_memory: bytes one atom pair holds at the peak of a sampling step, for refusing hopeless
+            batches up front (default: :func:`pair_bytes` of the field's ``edge_features`` and ``vectors``).
+
+    Usually built by :meth:`from_checkpoint` or :meth:`from_task`.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        flow: MolecularFlow,
+        atom_counts: AtomCounts,
+        statistics: ConditionStatistics | None = None,
+        sampling: Mapping | None = None,
+        device: str | torch.device | None = None,
+        precision: str = "32",
+        pair_memory: int | None = None,
+    ) -> None:
+        statistics = ConditionStatistics() if statistics is None else statistics
+        expected = getattr(net, "num_properties", len(statistics.names))
+        if expected != len(statistics.names):
+            raise ValueError(
+                f"the field takes {expected} conditioning properties but the statistics name "
+                f"{len(statistics.names)} ({', '.join(statistics.names) or 'none'})"
+            )
+        self._check_precision(precision)
+        self.net = net if device is None else net.to(device)
+        self.flow = flow
+        self.atom_counts = atom_counts
+        self.statistics = statistics
+        self.sampling = {**DEFAULT_SAMPLING, **dict(sampling or {})}
+        self.precision = precision
+        if pair_memory is None:
+            pair_memory = pair_bytes(int(getattr(net, "edge_features", 64)), int(getattr(net, "vectors", 16)))
+        self.pair_memory = int(pair_memory)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_task(cls, task, precision: str = "32") -> MoleculeGenerator:
+        """The generator of a :class:`~geomol.tasks.generation.GenerationTask` (trained or loaded): its
+        network (shared), flow, atom-count table, condition statistics and sampler settings."""
+        hparams = task.hparams
+        statistics = ConditionStatistics(
+            hparams.condition, hparams.units, hparams.mean, hparams.std, hparams.ood_targets,
+            hparams.get("test_quantiles"),
+        )  # fmt: skip
+        net = hparams.net
+        memory = pair_bytes(int(net.get("edge_features", 64)), int(net.get("vectors", 16)))
+        return cls(
+            task.net, task.flow, task.atom_counts, statistics, hparams.sampling, precision=precision, pair_memory=memory
+        )
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        trust_checkpoint: bool = False,
+        precision: str = "32",
+    ) -> MoleculeGenerator:
+        """The generator of a ``GenerationTask`` checkpoint (a ``.ckpt`` path or a pretrained model's name,
+        see :mod:`geomol.pretrained`), loaded safely by :func:`geomol.checkpoints.load_task`.
+
+        Raises:
+            FileNotFoundError: no such checkpoint.
+            ValueError: not a geomol checkpoint, another task's, or unsafe (one line each).
+        """
+        from geomol.tasks.generation import GenerationTask  # tasks build on flows: imported when used
+
+        task = load_task(path, expected=GenerationTask, map_location=device, trust_checkpoint=trust_checkpoint)
+        return cls.from_task(task, precision=precision)
+
+    # ------------------------------------------------------------------ what it is
+    @property
+    def condition(self) -> list[str]:
+        """Names of the conditioning properties (empty: unconditional)."""
+        return list(self.statistics.names)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def __repr__(self) -> str:
+        params = sum(p.numel() for p in self.net.parameters())
+        units = dict(zip(self.statistics.names, self.statistics.units))
+        condition = ", ".join(f"{n} ({u})" if u else n for n, u in units.items()) or "unconditional"
+        sampling = ", ".join(f"{k}={v}" for k, v in self.sampling.items())
+        return (
+            f"MoleculeGenerator({type(self.net).__name__}, {params / 1e6:.2f} M parameters | {condition} | "
+            f"{sampling} | {self.device}, precision {self.precision})"
+        )
+
+    # ------------------------------------------------------------------ the request
+    def _condition_values(
+        self, condition: Mapping[str, float | Sequence[float]] | None, num: int, generator=None
+    ) -> Tensor | None:
+        """Raw conditioning values ``[num, P]`` in the order of :attr:`condition`.
+
+        Each value is a number, one number per molecule, ``"ood"`` (the 99th percentile of the training
+        molecules) or ``"sample"`` (one value per molecule drawn from the test split's distribution,
+        with ``generator``). Anything else raises a one-line ValueError.
+        """
+        condition = dict(condition or {})
+        trained = self.condition
+        unknown = [name for name in condition if name not in trained]
+        if unknown:
+            have = f"trained on {', '.join(trained)}" if trained else "unconditional"
+            raise ValueError(f"this checkpoint is {have}: it cannot condition on {', '.join(unknown)}")
+        missing = [name for name in trained if name not in condition]
+        if missing:
+            raise ValueError(
+                f"this checkpoint is conditioned on {', '.join(trained)}: give condition.{missing[0]}=VALUE"
+            )
+        if not trained:
+            return None
+        columns = []
+        for k, name in enumerate(trained):
+            value = condition[name]
+            if isinstance(value, str) and value == "ood":
+                if self.statistics.ood_targets is None:
+                    raise ValueError("this checkpoint has no out-of-distribution targets; give a number")
+                value = torch.full((num,), float(self.statistics.ood_targets[k]), dtype=torch.float64)
+            elif isinstance(value, str) and value == "sample":
+                quantiles = self.statistics.test_quantiles
+                if quantiles is None:
+                    raise ValueError(
+                        f"this checkpoint does not store the test split's {name} distribution (trained before "
+                        f"condition.{name}=sample existed): give a number or a list of values"
+                    )
+                value = quantile_sample(list(quantiles[k]), num, generator)
+            else:
+                value = _numbers(name, value)
+            if value.numel() == 1:
+                value = value.expand(num)
+            if value.numel() != num:
+                raise ValueError(f"condition.{name} has {value.numel()} values for {num} molecules")
+            self._warn_far(name, k, value)
+            columns.append(value)
+        return torch.stack(columns, dim=1)
+
+    def _warn_far(self, name: str, k: int, value: Tensor) -> None:
+        """One warning line when requested values lie far outside what the model was trained on."""
+        mean, std = self.statistics.mean[k], self.statistics.std[k]
+        z = ((value - mean) / std).abs().max()
+        if float(z) > 4.0:
+            unit = self.statistics.units[k]
+            log.warning(
+                "condition.%s up to %.4g %s lies %.1f std from the training molecules' mean (%.4g ± %.4g %s): "
+                "the model was not trained there",
+                name, float(value[((value - mean) / std).abs().argmax()]), unit, float(z), mean, std, unit,
+            )  # fmt: skip
+
+    def _atom_counts(self, num: int, n_atoms, values: Tensor | None, generator) -> Tensor:
+        """Atoms of each molecule ``[num]``: given, or drawn at the percentile of its requested values."""
+        if n_atoms is not None:
+            counts = torch.as_tensor(n_atoms, dtype=torch.long).flatten()
+            counts = counts.expand(num) if counts.numel() == 1 else counts
+            if counts.numel() != num or bool((counts < 1).any()):
+                raise ValueError(f"n_atoms must be one positive number or one per molecule ({num})")
+            return counts.clone()
+        if values is None:
+            return self.atom_counts.sample(num, generator=generator)
+        distinct, inverse = torch.unique(values, dim=0, return_inverse=True)
+        counts = torch.empty(num, dtype=torch.long)
+        for k, row in enumerate(distinct):
+            where = inverse == k
+            condition = dict(zip(self.condition, row.tolist()))
+            counts[where] = self.atom_counts.sample(int(where.sum()), condition, generator)
+        return counts
+
+    def _check_memory(self, counts: Tensor, batch_size: int) -> None:
+        """Refuse up front (one line) a batch whose atom pairs cannot fit in memory: every molecule is a
+        complete graph, so memory grows with batch_size × atoms²."""
+        pairs = counts.long() * (counts.long() - 1)
+        worst = max(int(pairs[i : i + batch_size].sum()) for i in range(0, len(pairs), batch_size))
+        need = worst * self.pair_memory
+        have = available_memory(self.device)
+        if have is not None and need > have:
+            raise ValueError(
+                f"sampling batches of {min(batch_size, len(counts))} molecules of up to {int(counts.max())} atoms needs about "
+                f"{need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB available: lower batch_size or n_atoms"
+            )
+
+    @staticmethod
+    def _check_precision(precision: str) -> None:
+        if precision not in ("32", "bf16"):
+            raise ValueError(f"precision must be 32 or bf16, got {precision!r}")
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(
+        self,
+        num_molecules: int,
+        condition: Mapping[str, float | Sequence[float]] | None = None,
+        n_atoms: int | Sequence[int] | Tensor | None = None,
+        steps: int | None = None,
+        eta: float | None = None,
+        temperature: float | None = None,
+        batch_size: int | None = None,
+        seed: int | None = None,
+        progress: bool = False,
+        precision: str | None = None,
+    ) -> list[Chem.Mol]:
+        """Generate molecules as RDKit molecules with 3D conformers (sanitized where RDKit accepts them).
+
+        Args:
+            num_molecules: how many molecules.
+            condition: raw property values ``{name: value or one value per molecule}``, ``"ood"``
+                for the out-of-distribution target, or ``"sample"`` for values drawn from the test
+                split (seeded by ``seed``); required for every property the generator is conditioned
+                on, refused for any other.
+            n_atoms: atoms per molecule (one number or one per molecule); default: drawn from the
+                training molecules, at the percentile of the requested property values.
+            steps, eta, temperature, batch_size: override :attr:`sampling`.
+            seed: seed of the prior, atom counts and token draws (default: torch's global generator).
+            progress: show a progress bar over steps × batches (stderr).
+            precision: ``"32"`` or ``"bf16"`` (the vector field under bfloat16 autocast; see
+                :func:`~geomol.flows.sampler.euler_sample`); default :attr:`precision`.
+
+        Shapes:
+            n_atoms ``[num_molecules]`` or one number -> ``num_molecules`` molecules, in order.
+
+        Each molecule carries its conditioning values as RDKit properties (written as SD tags).
+        Bad requests raise a one-line ValueError before anything is sampled.
+        """
+        if num_molecules < 1:
+            raise ValueError(f"num_molecules must be at least 1, got {num_molecules}")
+        opts = {**self.sampling}
+        for key, value in dict(steps=steps, eta=eta, temperature=temperature, batch_size=batch_size).items():
+            if value is not None:
+                opts[key] = value
+        if opts["batch_size"] < 1:
+            raise ValueError(f"batch_size must be at least 1, got {opts['batch_size']}")
+        precision = self.precision if precision is None else precision
+        self._check_precision(precision)
+        device = self.device
+        # Two streams from one seed: the request's draws on the CPU, the flow's on the field's device.
+        cpu_gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        dev_gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+        values = self._condition_values(condition, num_molecules, cpu_gen)
+        counts = self._atom_counts(num_molecules, n_atoms, values, cpu_gen)
+        self._check_memory(counts, int(opts["batch_size"]))
+        dtype = next(self.net.parameters()).dtype
+        mean = torch.tensor(self.statistics.mean, dtype=dtype, device=device)
+        std = torch.tensor(self.statistics.std, dtype=dtype, device=device)
+        was_training = self.net.training
+        self.net.eval()
+        mols: list[Chem.Mol] = []
+        batches = -(-num_molecules // int(opts["batch_size"]))
+        bar = tqdm(total=batches * int(opts["steps"]), desc=f"sampling {num_molecules} molecules", unit="step",
+                   disable=not progress, dynamic_ncols=True)  # fmt: skip
+        try:
+            for start in range(0, num_molecules, opts["batch_size"]):
+                chunk = slice(start, min(start + opts["batch_size"], num_molecules))
+                standard = None if values is None else (values[chunk].to(mean) - mean) / std
+                try:
+                    state, batch_vec, pairs = euler_sample(
+                        self.net,
+                        self.flow,
+                        counts[chunk],
+                        standard,
+                        steps=int(opts["steps"]),
+                        eta=float(opts["eta"]),
+                        temperature=float(opts["temperature"]),
+                        generator=dev_gen,
+                        on_step=bar.update,
+                        precision=precision,
+                    )
+                except (torch.OutOfMemoryError, RuntimeError) as err:
+                    from geomol.tasks.base import is_out_of_memory  # shared with training's one-line errors
+
+                    if not is_out_of_memory(err):
+                        raise
+                    raise ValueError(
+                        f"out of memory sampling a batch of {chunk.stop - chunk.start} molecules of up to "
+                        f"{int(counts[chunk].max())} atoms: lower batch_size (now {opts['batch_size']})"
+                    ) from None
+                for k, (mol_state, mol_pairs) in enumerate(split_molecules(state, batch_vec, pairs)):
+                    mol = self._to_rdkit(mol_state, mol_pairs)
+                    if values is not None:
+                        for name, value in zip(self.condition, values[start + k].tolist()):
+                            mol.SetDoubleProp(name, value)
+                    mols.append(mol)
+        finally:
+            bar.close()
+            self.net.train(was_training)
+        return mols
+
+    @staticmethod
+    def _to_rdkit(state: MoleculeState, pairs: Tensor) -> Chem.Mol:
+        """One sampled molecule (its state and local pairs ``[2, P]``) as an RDKit molecule."""
+        edge_index, bond_type = bonds_from_pairs(pairs, state.bond_type)
+        atom_type = state.atom_type.cpu()
+        z = TYPE_TO_Z[atom_type]
+        # RDKit aborts on atoms with more positive charge than electrons (H2+, H3+ from an untrained
+        # model); they are written as H+, which is unstable and invalid all the same.
+        charge = torch.minimum(state.charge.cpu() + CHARGES[0], z)
+        mol = mol_from_graph(z, state.pos.float().cpu(), charge, edge_index.cpu(), bond_type.cpu(), sanitize=False)
+        # Sanitize a copy: a failed SanitizeMol leaves half-kekulized bonds behind (single bonds flagged
+        # aromatic, written as aromatic to SDF), so invalid molecules are kept exactly as generated.
+        clean = sanitized(mol)
+        return mol if clean is None else clean
