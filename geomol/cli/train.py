@@ -10,10 +10,12 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ..checkpoints import add_record, read_checkpoint
+from ..devices import warn_slow_bf16
 from ..tasks.loggers import trim_metrics
 from .common import (  # noqa: F401 (CONFIG_DIR, report_errors, user_error re-exported)
     CONFIG_DIR,
@@ -229,6 +231,11 @@ def check_train_config(cfg: DictConfig, base: DictConfig | None = None, keys=())
         raise ValueError(
             f"trainer.devices must be auto, a count (-1: all), or a list of device indices, got {devices!r}"
         )
+    precision = str(OmegaConf.select(cfg, "trainer.precision", default="32"))
+    accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if precision.startswith("bf16") and on_cpu:
+        warn_slow_bf16(f"training (trainer.precision={precision})")
     split = OmegaConf.select(cfg, "data.split", default=None)
     if split is not None:
         if (

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torch_geometric.utils import scatter
 
+from geomol.devices import warn_slow_bf16
 from geomol.flows.bonds import upper_pairs
 from geomol.flows.interpolants import position_step
 from geomol.flows.molecule import MolecularFlow, MoleculeState
@@ -93,6 +94,7 @@ class AtomCounts:
 @torch.no_grad()
 def _precision(precision: str, device: torch.device):
     if precision == "bf16":
+        warn_slow_bf16("sampling", device)
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
