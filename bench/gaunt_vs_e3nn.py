@@ -5,6 +5,11 @@ Three exact ways to take a channelwise product of two SH features ``[N, C, (L+1)
 * ``e3nn``: ``o3.TensorProduct`` with every path ``(l1, l2, l3)`` allowed by parity, mode ``"uuu"`` (one
   weight per path and channel). With SH parities in and out these are the paths with ``l1 + l2 + l3`` even,
   the same paths the Gaunt product couples (its path weights are a product of per-degree weights).
+* ``e3nn compiled``: the same module under ``torch.compile(tp, fullgraph=True)`` (e3nn 0.6 runs eager on
+  torch >= 2.10 and recommends compiling); the compile time is outside the timed region and printed apart.
+* ``cueq``: NVIDIA cuEquivariance's ``SegmentedPolynomial`` (pure-torch ``naive`` method, the one that runs on
+  CPUs) for the same "uuu" product over all path triples, built from cuEquivariance's own Clebsch–Gordan
+  coefficients, without weights; only if ``cuequivariance-torch`` is installed.
 * ``dense``: the plain exact grid method. Dense matrices from a Gauss–Legendre × uniform grid (e3nn's SH on
   the grid points): project both inputs to the grid, multiply, project back. Same per-degree weights.
 * ``gaunt``: ``geomol.nn.gaunt.GauntTensorProduct``. On CPUs its fused kernel (``geomol.nn.gaunt_kernel``:
@@ -37,6 +42,7 @@ import os
 import statistics
 import time
 
+import machine
 import numpy as np
 import torch
 from e3nn import o3
@@ -100,6 +106,40 @@ def e3nn_uuu(lmax: int, channels: int) -> o3.TensorProduct:
     return o3.TensorProduct(irreps, irreps, irreps, paths)
 
 
+class CuEquivarianceProduct(nn.Module):
+    """cuEquivariance's segmented polynomial for the channelwise product of all degree triples (no weights)."""
+
+    def __init__(self, lmax: int, channels: int, device: torch.device) -> None:
+        super().__init__()
+        import cuequivariance as cue
+        import cuequivariance_torch as cuet
+
+        irreps = [cue.O3(l, (-1) ** l) for l in range(lmax + 1)]
+        d = cue.SegmentedTensorProduct.from_subscripts("iu,ju,ku+ijk")
+        for operand in range(3):
+            for ir in irreps:
+                d.add_segment(operand, (ir.dim, channels))
+        for i1, ir1 in enumerate(irreps):
+            for i2, ir2 in enumerate(irreps):
+                for i3, ir3 in enumerate(irreps):
+                    for cg in cue.O3.clebsch_gordan(ir1, ir2, ir3):
+                        d.add_path(i1, i2, i3, c=cg)
+        poly = cue.SegmentedPolynomial.eval_last_operand(d)
+        self.n_paths = d.num_paths
+        self.tp = cuet.SegmentedPolynomial(poly, method="naive").to(device)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.tp([x, y])[0]
+
+
+def cueq_available() -> bool:
+    try:
+        import cuequivariance_torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -145,25 +185,40 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--skip-e3nn-above", type=int, default=99, help="leave e3nn out for lmax above this")
+    parser.add_argument(
+        "--compile-e3nn-up-to", type=int, default=4, help="time torch.compile'd e3nn up to this lmax (compiling "
+        "takes about a minute at lmax 2 on 2 CPU threads and grows with the number of paths)",
+    )  # fmt: skip
+    parser.add_argument("--no-cueq", action="store_true", help="leave cuEquivariance out even if installed")
+    parser.add_argument("--png", default=None, help="log-log plot of time against lmax with fitted exponents")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.set_default_dtype(getattr(torch, args.dtype))
     device = torch.device(args.device)
     torch.manual_seed(0)
+    print(f"machine: {machine.cpu_description()}")
+    use_cueq = cueq_available() and not args.no_cueq
+    print(
+        f"cuEquivariance: {'naive (pure torch) method' if use_cueq else 'not installed (pip install cuequivariance-torch)'}"
+    )
     print(
         f"N={args.n} C={args.channels} {args.dtype} device={device} threads={torch.get_num_threads()} "
         f"repeats={args.repeats}, forward+backward; load average {os.getloadavg()[0]:.1f}, "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}"
     )
     header = (
-        f"{'L':>2} {'paths':>5} | {'e3nn ms':>17} {'dense ms':>17} {'torch path ms':>17} {'gaunt ms':>17} | "
-        f"{'e3nn/gaunt':>10} {'e3nn/dense':>10} {'dense/gaunt':>11} {'e3nn/torch':>10} | {'peak MB e3nn':>12} "
-        f"{'dense':>7} {'torch':>7} {'gaunt':>7}"
+        f"{'L':>2} {'paths':>5} | {'e3nn ms':>17} {'e3nn compiled':>17} {'cueq ms':>17} {'dense ms':>17} "
+        f"{'torch path ms':>17} {'gaunt ms':>17} | {'e3nn/gaunt':>10} {'best/gaunt':>10} {'dense/gaunt':>11} "
+        f"{'e3nn/torch':>10} | {'peak MB e3nn':>12} {'dense':>7} {'torch':>7} {'gaunt':>7} | compile s"
     )
-    print("times: min / median over the timed rounds; ratios of the minima (the least disturbed rounds)")
+    print(
+        "times: min / median over the timed rounds; ratios of the minima (the least disturbed rounds); "
+        "best/gaunt: the fastest of e3nn, compiled e3nn and cuEquivariance against geomol"
+    )
     print(header)
     print("-" * len(header))
+    table: dict[int, dict[str, float]] = {}
     for lmax in args.lmax:
         k = (lmax + 1) ** 2
         x = torch.randn(args.n, args.channels, k, device=device, requires_grad=True)
@@ -177,6 +232,21 @@ def main() -> None:
             xe = sh_to_irreps(x.detach()).requires_grad_()
             ye = sh_to_irreps(y.detach()).requires_grad_()
             methods["e3nn"] = (tp, (xe, ye), sh_to_irreps(grad))
+        compile_s = float("nan")
+        if lmax <= min(args.skip_e3nn_above, args.compile_e3nn_up_to):
+            compiled = torch.compile(tp, fullgraph=True)
+            start = time.perf_counter()
+            step(compiled, (xe, ye), sh_to_irreps(grad))  # compiles forward and backward
+            compile_s = time.perf_counter() - start
+            methods["e3nn compiled"] = (compiled, (xe, ye), sh_to_irreps(grad))
+        if use_cueq:
+            cueq = CuEquivarianceProduct(lmax, args.channels, device)
+            # cuEquivariance's ir_mul layout: degree blocks of [2l+1, C]
+            xc, yc, gc = (
+                torch.cat([t.detach()[:, :, l * l : (l + 1) ** 2].transpose(1, 2).reshape(args.n, -1) for l in range(lmax + 1)], 1)
+                for t in (x, y, grad)
+            )  # fmt: skip
+            methods["cueq"] = (cueq, (xc.requires_grad_(), yc.requires_grad_()), gc)
         methods["dense"] = (DenseGridProduct(lmax, args.channels).to(device), (x, y), grad)
         methods["torch"] = (TorchPath(GauntTensorProduct(lmax, lmax, lmax, args.channels)).to(device), (x, y), grad)
         methods["gaunt"] = (GauntTensorProduct(lmax, lmax, lmax, args.channels).to(device), (x, y), grad)
@@ -193,22 +263,68 @@ def main() -> None:
                 sync(device)
                 times[name].append(time.perf_counter() - start)
         best = {name: 1e3 * min(t) for name, t in times.items()}
+        table[lmax] = best
         median = {name: 1e3 * statistics.median(t) for name, t in times.items()}
         peak = {name: peak_mb(*m, device) for name, m in methods.items()}
         nan = float("nan")
-        cells = {
-            name: f"{best.get(name, nan):.2f} / {median.get(name, nan):.2f}"
-            for name in ("e3nn", "dense", "torch", "gaunt")
-        }
+        names = ("e3nn", "e3nn compiled", "cueq", "dense", "torch", "gaunt")
+        cells = {name: f"{best.get(name, nan):.2f} / {median.get(name, nan):.2f}" for name in names}
         e3 = best.get("e3nn", nan)
+        peers = [best[name] for name in ("e3nn", "e3nn compiled", "cueq") if name in best]
+        fastest = min(peers) if peers else nan
         print(
-            f"{lmax:>2} {n_paths:>5} | {cells['e3nn']:>17} {cells['dense']:>17} {cells['torch']:>17} "
-            f"{cells['gaunt']:>17} | {e3 / best['gaunt']:>9.1f}x {e3 / best['dense']:>9.1f}x "
-            f"{best['dense'] / best['gaunt']:>10.2f}x {e3 / best['torch']:>9.1f}x | {peak.get('e3nn', nan):>12.1f} "
-            f"{peak['dense']:>7.1f} {peak['torch']:>7.1f} {peak['gaunt']:>7.1f}",
+            f"{lmax:>2} {n_paths:>5} | {cells['e3nn']:>17} {cells['e3nn compiled']:>17} {cells['cueq']:>17} "
+            f"{cells['dense']:>17} {cells['torch']:>17} {cells['gaunt']:>17} | {e3 / best['gaunt']:>9.1f}x "
+            f"{fastest / best['gaunt']:>9.1f}x {best['dense'] / best['gaunt']:>10.2f}x {e3 / best['torch']:>9.1f}x | "
+            f"{peak.get('e3nn', nan):>12.1f} {peak['dense']:>7.1f} {peak['torch']:>7.1f} {peak['gaunt']:>7.1f} | "
+            f"{compile_s:.0f}",
             flush=True,
         )
     print(f"load average at the end {os.getloadavg()[0]:.1f} (other processes share the cores)")
+    if args.png:
+        scaling_plot(table, args.png, f"N={args.n}, C={args.channels}, {args.dtype}, {args.threads} threads")
+
+
+def fitted_exponent(lmaxes: list[int], times: list[float]) -> float:
+    """Slope of log(time) against log(L) over L >= 2 (below that fixed costs dominate)."""
+    points = [(math.log(l), math.log(t)) for l, t in zip(lmaxes, times) if l >= 2]
+    if len(points) < 2:
+        return float("nan")
+    x, y = np.array(points).T
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def scaling_plot(table: dict[int, dict[str, float]], path: str, subtitle: str) -> None:
+    """Time against lmax on log-log axes, one line per method, the fitted exponent in the legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for name in ("e3nn", "e3nn compiled", "cueq", "dense", "torch", "gaunt"):
+        lmaxes = [l for l in sorted(table) if name in table[l]]
+        if len(lmaxes) < 2:
+            continue
+        times = [table[l][name] for l in lmaxes]
+        exponent = fitted_exponent(lmaxes, times)
+        label = {"torch": "gaunt (torch path)", "gaunt": "gaunt (fused kernel)"}.get(name, name)
+        ax.loglog(lmaxes, times, "o-", label=f"{label}: ~L^{exponent:.1f}")
+        print(f"fitted exponent (L >= 2) {name}: {exponent:.2f}")
+    ax.set_xticks(sorted(table), [str(l) for l in sorted(table)])
+    ax.minorticks_off()
+    ax.set_xlabel("lmax (inputs and output)")
+    ax.set_ylabel("forward+backward time (ms)")
+    ax.set_title(
+        f"Channelwise product of SH features\n{subtitle}; {machine.cpu_description().split(',')[0]}", fontsize=9
+    )
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    tmp = f"{path}.tmp.png"
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
