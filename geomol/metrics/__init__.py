@@ -3,7 +3,7 @@
 from .properties import ood_target, predict_properties, property_mae
 from .stability import VALENCES, StabilityResult, molecule_stability, stability
 from .summary import molecule_metrics
-from .validity import canonical_smiles, closed_shell, sanitized, uniqueness, validity
+from .validity import canonical_reference, canonical_smiles, closed_shell, novelty, sanitized, uniqueness, validity
 
 __all__ = [
     "VALENCES",
@@ -12,6 +12,8 @@ __all__ = [
     "molecule_stability",
     "validity",
     "uniqueness",
+    "novelty",
+    "canonical_reference",
     "closed_shell",
     "sanitized",
     "canonical_smiles",

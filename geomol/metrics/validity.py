@@ -6,7 +6,16 @@ from collections.abc import Sequence
 
 from rdkit import Chem
 
-__all__ = ["sanitized", "canonical_smiles", "validity", "uniqueness", "closed_shell", "VALENCE_ELECTRONS"]
+__all__ = [
+    "sanitized",
+    "canonical_smiles",
+    "canonical_reference",
+    "validity",
+    "uniqueness",
+    "novelty",
+    "closed_shell",
+    "VALENCE_ELECTRONS",
+]
 
 # Valence electrons of the neutral atoms of the elements geomol generates (and a few common others).
 VALENCE_ELECTRONS = {1: 1, 5: 3, 6: 4, 7: 5, 8: 6, 9: 7, 14: 4, 15: 5, 16: 6, 17: 7, 35: 7, 53: 7}
@@ -48,6 +57,24 @@ def uniqueness(mols: Sequence[Chem.Mol]) -> tuple[float, float]:
     smiles = [s for s in (canonical_smiles(m) for m in mols) if s is not None]
     distinct = len(set(smiles))
     return distinct / max(len(smiles), 1), distinct / max(len(mols), 1)
+
+
+def canonical_reference(smiles: Sequence[str]) -> set[str]:
+    """Reference SMILES (e.g. a training set's) in :func:`canonical_smiles`' form; unparsable entries are skipped."""
+    out = set()
+    for text in smiles:
+        mol = Chem.MolFromSmiles(text)
+        if mol is not None:
+            Chem.RemoveStereochemistry(mol)
+            out.add(Chem.MolToSmiles(mol, isomericSmiles=False))
+    return out
+
+
+def novelty(mols: Sequence[Chem.Mol], reference: set[str]) -> float:
+    """Fraction of the distinct valid molecules whose canonical SMILES is not in ``reference`` (EDM's and
+    GeoLDM's definition: novel among valid and unique); ``reference`` from :func:`canonical_reference`."""
+    distinct = {s for s in (canonical_smiles(m) for m in mols) if s is not None}
+    return len(distinct - reference) / max(len(distinct), 1)
 
 
 def closed_shell(mols: Sequence[Chem.Mol]) -> float:

@@ -104,3 +104,16 @@ def test_property_metrics(qm9_fixture):
     assert ood_target(list(range(101))) == pytest.approx(99.0)
     with pytest.raises(ValueError, match="percentile"):
         ood_target([1.0], 120)
+
+
+def test_novelty_counts_distinct_valid_molecules_outside_the_reference():
+    from rdkit import Chem
+
+    from geomol.metrics import canonical_reference, novelty
+
+    reference = canonical_reference(["CCO", "C[C@H](N)O", "not a smiles"])  # stereo dropped, junk skipped
+    assert reference == {"CCO", "CC(N)O"}
+    mols = [Chem.AddHs(Chem.MolFromSmiles(s)) for s in ("OCC", "CC(O)N", "CCN", "CCN")]
+    assert novelty(mols, reference) == 1 / 3  # distinct valid: CCO, CC(N)O (known), CCN (new)
+    assert novelty(mols[:2], reference) == 0.0
+    assert novelty([], reference) == 0.0
