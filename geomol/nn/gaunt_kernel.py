@@ -9,9 +9,11 @@ threads (``libgomp`` is already loaded by torch). The compiled library is cached
 Without a C compiler, on GPUs, or with ``GEOMOL_GAUNT_KERNEL=0``, :mod:`geomol.nn.gaunt` uses its
 torch-only path, which computes the same numbers.
 
-The kernel is registered as two ``torch.library`` custom ops, ``geomol::gaunt_product`` and
-``geomol::gaunt_product_backward``, each with a fake (shape-only) implementation, and the first with an autograd
-formula that is differentiable to any order; so ``torch.compile`` traces through a Gaunt product (and a GauntNet)
+The kernel is registered as three ``torch.library`` custom ops, ``geomol::gaunt_product``,
+``geomol::gaunt_product_backward`` and ``geomol::gaunt_conv`` (the product of rows gathered through edge indices,
+scatter-added to the output's rows: a convolution's messages without the ``[E, C, K]`` tensors), each with a fake
+(shape-only) implementation, and the first and the last with an autograd formula that is differentiable to any
+order; so ``torch.compile`` traces through a Gaunt product (and a GauntNet)
 without breaking its graph, and ``torch.library.opcheck`` checks the registration. (A ``torch.utils.cpp_extension``
 build would bind the ops in C++ instead, but it compiles torch's headers: about a minute on first use, against
 under a second for this kernel.)
@@ -39,7 +41,7 @@ from torch import Tensor
 
 from .sphere_grid import SphericalGridTransform  # the torch path's tables, so both paths agree
 
-__all__ = ["available", "backward", "disabled", "forward", "plan"]
+__all__ = ["available", "backward", "conv", "disabled", "forward", "plan"]
 
 
 class _Tables(ctypes.Structure):
@@ -58,6 +60,12 @@ class _ForwardCall(ctypes.Structure):
 
     _fields_ = [("p", _Tables), ("a", _P), ("b", _P), ("out", _P), ("rows", _LONG)]
     _fields_ += [("sa", _P), ("sb", _P), ("sc", _P), ("channels", _INT), ("n_threads", _INT)]
+
+
+class _ConvCall(ctypes.Structure):
+    """``GauntConvCall``: ``out[io] += sc ⊙ Γ(sa ⊙ a[ia], sb ⊙ b[ib])`` per edge and channel."""
+
+    _fields_ = [("f", _ForwardCall), ("ia", _P), ("ib", _P), ("io", _P), ("out_rows", _LONG)]
 
 
 class _BackwardCall(ctypes.Structure):
@@ -105,9 +113,9 @@ def build(flags: tuple[str, ...] = _FLAGS, compiler: str | None = None) -> ctype
             )
             os.replace(built, path)
     library = ctypes.CDLL(str(path))
-    sizes = (ctypes.c_long * 3)()
+    sizes = (ctypes.c_long * 4)()
     library.gaunt_struct_sizes(sizes)
-    expected = [ctypes.sizeof(s) for s in (_Tables, _ForwardCall, _BackwardCall)]
+    expected = [ctypes.sizeof(s) for s in (_Tables, _ForwardCall, _BackwardCall, _ConvCall)]
     if list(sizes) != expected:  # a stale or foreign library: refuse it rather than pass it garbage
         raise OSError(f"{path}: argument structs of {list(sizes)} bytes, this geomol expects {expected}")
     for suffix in _SUFFIX.values():
@@ -115,6 +123,8 @@ def build(flags: tuple[str, ...] = _FLAGS, compiler: str | None = None) -> ctype
         forward.restype = backward.restype = ctypes.c_int
         forward.argtypes = [ctypes.POINTER(_ForwardCall)]
         backward.argtypes = [ctypes.POINTER(_BackwardCall)]
+        conv = getattr(library, f"gaunt_conv_{suffix}")
+        conv.restype, conv.argtypes = ctypes.c_int, [ctypes.POINTER(_ConvCall)]
     return library
 
 
@@ -241,6 +251,41 @@ def _forward(a, b, lmaxes, degree, sa=None, sb=None, sc=None):
     return out
 
 
+def _edge_rows(index: Tensor, target_rows: int, channels: int, name: str) -> Tensor:
+    """An edge index as the kernel reads it (int64, contiguous), checked against the rows it addresses."""
+    index = index.to(torch.long).contiguous()
+    if index.numel() and (int(index.min()) < 0 or (int(index.max()) + 1) * channels > target_rows):
+        raise IndexError(f"{name} has entries outside [0, {target_rows // channels})")
+    return index
+
+
+def _conv(a, b, lmaxes, degree, sa, sb, sc, channels, a_index, b_index, out_index, out_rows):
+    la, lb, lc = lmaxes
+    dtype = a.dtype
+    p = plan(la, lb, lc, degree, dtype)
+    scales = [_prepare(s, dtype) for s in (sa, sb, sc)]
+    a, b = _prepare(a, dtype), _prepare(b, dtype)
+    indices = (a_index, b_index, out_index)
+    edges = next((i.numel() for i in indices if i is not None), a.shape[0] // channels)
+    rows = edges * channels
+    targets, names = (a.shape[0], b.shape[0], out_rows), ("a_index", "b_index", "out_index")
+    for t, index, name in zip(targets, indices, names):
+        if index is None and t != rows:
+            raise ValueError(f"without {name} its tensor needs {rows} rows (edges × channels), got {t}")
+        if index is not None and index.numel() != edges:
+            raise ValueError(f"every index needs {edges} entries (one per edge), {name} has {index.numel()}")
+    a_index, b_index, out_index = (
+        None if i is None else _edge_rows(i, t, channels, name) for i, t, name in zip(indices, targets, names)
+    )
+    out = (a.new_zeros if out_index is not None else a.new_empty)(out_rows, (lc + 1) ** 2)
+    forward = _ForwardCall(p["tables"], a.data_ptr(), b.data_ptr(), out.data_ptr(), rows)
+    forward.sa, forward.sb, forward.sc = (_pointer(s) for s in scales)
+    forward.channels, forward.n_threads = channels, _threads(rows)
+    call = _ConvCall(forward, *(_pointer(i) for i in (a_index, b_index, out_index)), out_rows)
+    _call(f"gaunt_conv_{_SUFFIX[dtype]}", call)
+    return out
+
+
 def _backward(grad, x, y, out, lmaxes, degree, weights, needs, channels):
     l1, l2, l3 = lmaxes
     dtype = x.dtype
@@ -350,6 +395,97 @@ def _product_backward(ctx, grad):
 
 
 _product_op.register_autograd(_product_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("geomol::gaunt_conv", mutates_args=(), device_types="cpu")
+def _conv_op(
+    a: Tensor,
+    b: Tensor,
+    lmaxes: list[int],
+    degree: int,
+    sa: Tensor | None,
+    sb: Tensor | None,
+    sc: Tensor | None,
+    channels: int,
+    a_index: Tensor | None,
+    b_index: Tensor | None,
+    out_index: Tensor | None,
+    out_rows: int,
+) -> Tensor:
+    return _conv(a, b, tuple(lmaxes), degree, sa, sb, sc, channels, a_index, b_index, out_index, out_rows)
+
+
+@_conv_op.register_fake
+def _(a, b, lmaxes, degree, sa, sb, sc, channels, a_index, b_index, out_index, out_rows):
+    return a.new_empty(out_rows, (lmaxes[2] + 1) ** 2)
+
+
+def _conv_setup_context(ctx, inputs, output) -> None:
+    a, b, lmaxes, degree, sa, sb, sc, channels, a_index, b_index, out_index, out_rows = inputs
+    ctx.lmaxes, ctx.degree, ctx.channels, ctx.out_rows = tuple(lmaxes), degree, channels, out_rows
+    ctx.save_for_backward(a, b, sa, sb, sc, a_index, b_index, out_index)
+
+
+def _conv_backward(ctx, grad):
+    """The adjoint of a gather-product-scatter is one again, with the roles of the indices permuted: ∂L/∂a gathers
+    ``grad`` at the output's rows, multiplies by ``b`` and scatters to ``a``'s rows (Γ is symmetric in its three
+    indices). Under ``create_graph`` these calls are recorded, so every order of derivative is exact."""
+    a, b, sa, sb, sc, a_index, b_index, out_index = ctx.saved_tensors
+    la, lb, lc = ctx.lmaxes
+    channels, degree, grad = ctx.channels, ctx.degree, grad.contiguous()
+    need_a, need_b, _, _, need_sa, need_sb, need_sc = ctx.needs_input_grad[:7]
+    ga = gb = gsa = gsb = gsc = None
+    if need_a or need_sa:
+        u = _conv_op(grad, b, [lc, lb, la], degree, sc, sb, None, channels, out_index, b_index, a_index, a.shape[0])
+        ga = u if sa is None else _per_row(sa, u)
+        gsa = _channel_sum(u * a, channels) if need_sa else None
+    if need_b or need_sb:
+        u = _conv_op(grad, a, [lc, la, lb], degree, sc, sa, None, channels, out_index, a_index, b_index, b.shape[0])
+        gb = u if sb is None else _per_row(sb, u)
+        gsb = _channel_sum(u * b, channels) if need_sb else None
+    if need_sc:  # a third pass: callers that learn the output scale apply it outside the op (a node-level product)
+        indices = (a_index, b_index, out_index)
+        gsc = _channel_sum(
+            grad * _conv_op(a, b, [la, lb, lc], degree, sa, sb, None, channels, *indices, ctx.out_rows), channels
+        )
+    return ga if need_a else None, gb if need_b else None, None, None, gsa, gsb, gsc, *(None,) * 5
+
+
+_conv_op.register_autograd(_conv_backward, setup_context=_conv_setup_context)
+
+
+def conv(
+    a: Tensor,
+    b: Tensor,
+    lmaxes: tuple[int, int, int],
+    degree: int,
+    sa: Tensor | None = None,
+    sb: Tensor | None = None,
+    sc: Tensor | None = None,
+    *,
+    channels: int,
+    a_index: Tensor | None = None,
+    b_index: Tensor | None = None,
+    out_index: Tensor | None = None,
+    out_rows: int | None = None,
+) -> Tensor:
+    """``out[io_e] += sc ⊙ Γ(sa ⊙ a[ia_e], sb ⊙ b[ib_e])`` for every edge ``e`` and channel, in one fused pass (op
+    ``geomol::gaunt_conv``, differentiable in ``a``, ``b`` and the scales to any order).
+
+    Rows come in groups of ``channels`` (``[N, C, K]`` flattened to ``[N·C, K]``): an index entry ``i`` of edge
+    ``e`` names rows ``i·C … i·C + C-1``. A missing index means edge ``e`` itself (then the tensor has one group
+    per edge); without ``out_index`` the output has a row per edge and channel. Scales ``[C, K]`` as in
+    :func:`forward`. With ``a_index = sender`` and ``out_index = receiver`` this is a convolution's gather,
+    product and scatter-sum without the ``[E, C, K]`` messages.
+
+    Shapes:
+        a ``[Na·C, (la+1)²]``, b ``[Nb·C, (lb+1)²]``, indices ``[E]`` -> ``[out_rows, (lc+1)²]``.
+    """
+    if out_rows is None:
+        if out_index is not None:
+            raise ValueError("out_rows is needed with out_index (the number of output rows: nodes × channels)")
+        out_rows = next((i.numel() for i in (a_index, b_index) if i is not None), a.shape[0] // channels) * channels
+    return _conv_op(a, b, list(lmaxes), degree, sa, sb, sc, channels, a_index, b_index, out_index, out_rows)
 
 
 def forward(

@@ -232,7 +232,7 @@ def test_gradients_first_and_second_order(l1, l2, l3, generator, monkeypatch, pa
     assert torch.autograd.gradgradcheck(product, small)
 
 
-def test_many_body_is_the_exact_nu_fold_product(generator):
+def test_many_body_is_the_exact_nu_fold_product(generator, path):
     x = torch.randn(5, 3, 9, generator=generator, dtype=F64)
     mb = GauntManyBody(2, channels=3, correlation=3).double()
     torch.testing.assert_close(mb(x), x)  # identity at initialisation
@@ -248,7 +248,7 @@ def test_many_body_is_the_exact_nu_fold_product(generator):
     torch.testing.assert_close(mb(x), expected, atol=1e-12, rtol=1e-10)
 
 
-def test_many_body_per_element_weights_and_equivariance(generator):
+def test_many_body_per_element_weights_and_equivariance(generator, path):
     mb = GauntManyBody(3, channels=2, correlation=3, num_elements=4).double()
     mb.weight.data.normal_(generator=generator)
     x = torch.randn(6, 2, 16, generator=generator, dtype=F64)
@@ -265,7 +265,7 @@ def test_many_body_per_element_weights_and_equivariance(generator):
         mb(x)
 
 
-def test_conv_is_equivariant_and_sums_messages(generator):
+def test_conv_is_equivariant_and_sums_messages(generator, path):
     pos = 1.2 * torch.randn(7, 3, generator=generator, dtype=F64)
     edge_index = radius_graph(pos, 3.0)
     conv = GauntConv(2, 2, 3, channels=3, cutoff=3.0, avg_num_neighbors=2.0).double()

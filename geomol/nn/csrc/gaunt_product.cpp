@@ -27,6 +27,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
+
+#include <omp.h>
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
@@ -116,9 +118,10 @@ static inline __m256i first_lanes(int count) {  // mask of the first count (0..8
 }
 #endif
 
-// Rows row0 .. row0+n-1 of src [rows][k] -> dst [k][TILE], zero past row n.
+// Rows row[0] .. row[n-1] of src [rows][k] -> dst [k][TILE], zero past lane n. The row list is what lets one
+// kernel gather: a tile's lanes may read any rows (the sender's features of each edge, for a convolution).
 template <typename T>
-static void transpose_in(const T *src, int k, long row0, int n, T *dst) {
+static void transpose_in(const T *src, int k, const long *row, int n, T *dst) {
 #if defined(__AVX512F__)
     if constexpr (std::is_same_v<T, float>) {
         if (n == TILE) {
@@ -127,7 +130,7 @@ static void transpose_in(const T *src, int k, long row0, int n, T *dst) {
                     const __mmask16 mask = k - j0 >= 16 ? 0xFFFF : (__mmask16)((1u << (k - j0)) - 1);
                     __m512 r[16];
 #pragma GCC unroll 16
-                    for (int t = 0; t < 16; t++) r[t] = _mm512_maskz_loadu_ps(mask, src + (row0 + t0 + t) * k + j0);
+                    for (int t = 0; t < 16; t++) r[t] = _mm512_maskz_loadu_ps(mask, src + row[t0 + t] * k + j0);
                     transpose16(r);
                     for (int j = 0; j < 16 && j0 + j < k; j++) _mm512_store_ps(dst + (j0 + j) * TILE + t0, r[j]);
                 }
@@ -143,7 +146,7 @@ static void transpose_in(const T *src, int k, long row0, int n, T *dst) {
                     const __m256i mask = first_lanes(k - j0);
                     __m256 r[8];
 #pragma GCC unroll 8
-                    for (int t = 0; t < 8; t++) r[t] = _mm256_maskload_ps(src + (row0 + t0 + t) * k + j0, mask);
+                    for (int t = 0; t < 8; t++) r[t] = _mm256_maskload_ps(src + row[t0 + t] * k + j0, mask);
                     transpose8(r);
                     for (int j = 0; j < 8 && j0 + j < k; j++) _mm256_store_ps(dst + (j0 + j) * TILE + t0, r[j]);
                 }
@@ -153,12 +156,13 @@ static void transpose_in(const T *src, int k, long row0, int n, T *dst) {
 #endif
     if (n < TILE) memset(dst, 0, sizeof(T) * TILE * (size_t)k);
     for (int t = 0; t < n; t++)
-        for (int j = 0; j < k; j++) dst[j * TILE + t] = src[(row0 + t) * k + j];
+        for (int j = 0; j < k; j++) dst[j * TILE + t] = src[row[t] * k + j];
 }
 
-// u [k][TILE] -> rows row0 .. row0+n-1 of dst [rows][k].
-template <typename T>
-static void transpose_out(const T *u, int k, long row0, int n, T *dst) {
+// u [k][TILE] -> rows row[0] .. row[n-1] of dst [rows][k], written (ADD false) or added to (ADD true: a scatter-add;
+// lanes are handled one after another, so two lanes may name the same row).
+template <bool ADD, typename T>
+static void transpose_out(const T *u, int k, const long *row, int n, T *dst) {
 #if defined(__AVX512F__)
     if constexpr (std::is_same_v<T, float>) {
         if (n == TILE) {
@@ -170,7 +174,10 @@ static void transpose_out(const T *u, int k, long row0, int n, T *dst) {
                         r[j] = j0 + j < k ? _mm512_load_ps(u + (j0 + j) * TILE + t0) : _mm512_setzero_ps();
                     transpose16(r);
 #pragma GCC unroll 16
-                    for (int t = 0; t < 16; t++) _mm512_mask_storeu_ps(dst + (row0 + t0 + t) * k + j0, mask, r[t]);
+                    for (int t = 0; t < 16; t++) {
+                        float *d = dst + row[t0 + t] * k + j0;
+                        _mm512_mask_storeu_ps(d, mask, ADD ? _mm512_add_ps(_mm512_maskz_loadu_ps(mask, d), r[t]) : r[t]);
+                    }
                 }
             return;
         }
@@ -187,14 +194,44 @@ static void transpose_out(const T *u, int k, long row0, int n, T *dst) {
                         r[j] = j0 + j < k ? _mm256_load_ps(u + (j0 + j) * TILE + t0) : _mm256_setzero_ps();
                     transpose8(r);
 #pragma GCC unroll 8
-                    for (int t = 0; t < 8; t++) _mm256_maskstore_ps(dst + (row0 + t0 + t) * k + j0, mask, r[t]);
+                    for (int t = 0; t < 8; t++) {
+                        float *d = dst + row[t0 + t] * k + j0;
+                        _mm256_maskstore_ps(d, mask, ADD ? _mm256_add_ps(_mm256_maskload_ps(d, mask), r[t]) : r[t]);
+                    }
                 }
             return;
         }
     }
 #endif
     for (int t = 0; t < n; t++)
-        for (int j = 0; j < k; j++) dst[(row0 + t) * k + j] = u[j * TILE + t];
+        for (int j = 0; j < k; j++) {
+            T &d = dst[row[t] * k + j];
+            d = ADD ? d + u[j * TILE + t] : u[j * TILE + t];
+        }
+}
+
+// The rows of a tile: row0 + t, or, through an index over groups of `channels` rows (one group per edge),
+// index[r / channels] * channels + r % channels for row r = row0 + t.
+static inline void tile_rows(long row0, int n, const long *index, int channels, long *row) {
+    for (int t = 0; t < n; t++) {
+        const long r = row0 + t;
+        row[t] = index ? index[r / channels] * channels + r % channels : r;
+    }
+    for (int t = n; t < TILE; t++) row[t] = 0;  // never read (partial tiles take the scalar paths)
+}
+
+template <typename T>
+static void transpose_in(const T *src, int k, long row0, int n, T *dst) {
+    long row[TILE];
+    tile_rows(row0, n, nullptr, 1, row);
+    transpose_in(src, k, row, n, dst);
+}
+
+template <typename T>
+static void transpose_out(const T *u, int k, long row0, int n, T *dst) {
+    long row[TILE];
+    tile_rows(row0, n, nullptr, 1, row);
+    transpose_out<false>(u, k, row, n, dst);
 }
 
 // Per-channel tables in the tile's lane layout: S[j][t] = s[channel of row row0 + t][j]. When the channel count
@@ -376,41 +413,69 @@ static void reduce(T *partial, T *total, size_t count) {
 // incomplete; the caller raises).
 enum { GAUNT_OK = 0, GAUNT_OUT_OF_MEMORY = 1 };
 
+// out = sc ⊙ Γ(sa ⊙ a, sb ⊙ b) over `rows` rows; with index arrays over groups of `channels` rows (one group per
+// edge: see tile_rows) a reads rows ia, b rows ib, and the products are added to rows io of out [out_rows][kc]
+// (zeroed by the caller): a convolution's gather, product and scatter in one pass, no [edges, channels, k] tensor.
+// With several threads each thread but the first adds into its own copy of out, and the copies are summed into out
+// in thread order at the end (the result does not depend on timing).
 template <typename T>
 static int gaunt_forward(const Product<T> &P, const T *a, const T *b, T *out, long rows, const T *sa, const T *sb,
-                         const T *sc, int channels, int n_threads) {
+                         const T *sc, int channels, int n_threads, const long *ia = nullptr,
+                         const long *ib = nullptr, const long *io = nullptr, long out_rows = 0) {
     const int ka = dim(P.La), kb = dim(P.Lb), kc = dim(P.Lc), nt = P.n_theta;
     const long n_tiles = (rows + TILE - 1) / TILE;
+    const size_t out_size = (size_t)out_rows * kc;
     int status = GAUNT_OK;
+    T **copies = io && n_threads > 1 ? (T **)calloc(n_threads, sizeof(T *)) : nullptr;
+    if (io && n_threads > 1 && !copies) return GAUNT_OUT_OF_MEMORY;
 #pragma omp parallel num_threads(n_threads)
     {
+        const int thread = omp_get_thread_num();
         Scratch<T> scratch(2 * (size_t)(ka + kb + kc) + (size_t)nt * (2 * P.La + 2 * P.Lb + 2 * P.Lc + 3));
         T *xa = scratch.take(ka), *xb = scratch.take(kb), *xc = scratch.take(kc);
         T *A = scratch.take((2 * P.La + 1) * nt), *B = scratch.take((2 * P.Lb + 1) * nt);
         T *C = scratch.take((2 * P.Lc + 1) * nt);
         Scales<T> s(sa, ka, sb, kb, sc, kc, channels, scratch);
-        const bool ok = scratch.ok();
+        T *target = out;
+        if (copies && thread > 0) target = copies[thread] = (T *)calloc(out_size, sizeof(T));
+        const bool ok = scratch.ok() && target != nullptr;
         if (!ok) {
 #pragma omp atomic write
             status = GAUNT_OUT_OF_MEMORY;
         }
+        long ra[TILE], rb[TILE], rc[TILE];
 #pragma omp for schedule(static)
         for (long tile = 0; tile < n_tiles; tile++) {
             if (!ok) continue;  // every thread still takes part in the worksharing loop
             const long row0 = tile * TILE;
             const int n = rows - row0 < TILE ? (int)(rows - row0) : TILE;
             s.at(row0);
-            transpose_in(a, ka, row0, n, xa);
-            transpose_in(b, kb, row0, n, xb);
+            tile_rows(row0, n, ia, channels, ra);
+            tile_rows(row0, n, ib, channels, rb);
+            transpose_in(a, ka, ra, n, xa);
+            transpose_in(b, kb, rb, n, xb);
             if (sa) scale(xa, s.S[0], ka);
             if (sb) scale(xb, s.S[1], kb);
             legendre(P.leg_a, P.La, nt, xa, A);
             legendre(P.leg_b, P.Lb, nt, xb, B);
             product(P, A, B, C, xc);
             if (sc) scale(xc, s.S[2], kc);
-            transpose_out(xc, kc, row0, n, out);
+            tile_rows(row0, n, io, channels, rc);
+            if (io)
+                transpose_out<true>(xc, kc, rc, n, target);
+            else
+                transpose_out<false>(xc, kc, rc, n, out);
+        }
+        if (copies) {  // the worksharing loop ended with a barrier: every copy is complete
+            const int team = omp_get_num_threads();
+#pragma omp for schedule(static)
+            for (size_t j = 0; j < out_size; j++)
+                for (int t = 1; t < team; t++)
+                    if (copies[t]) out[j] += copies[t][j];
+            if (thread > 0) free(copies[thread]);  // after the loop's barrier: nobody reads it any more
         }
     }
+    free(copies);
     return status;
 }
 
@@ -525,10 +590,17 @@ struct GauntBackwardCall {  // px: (L3, L2) -> L1, py: (L3, L1) -> L2; see gaunt
     int channels, n_threads;
 };
 
+struct GauntConvCall {  // out[io] += sc ⊙ Γ(sa ⊙ a[ia], sb ⊙ b[ib]), per edge and channel; see gaunt_forward
+    GauntForwardCall f;         // f.rows = edges × channels
+    const long *ia, *ib, *io;  // [edges], or NULL: row r itself
+    long out_rows;              // rows of f.out, zeroed by the caller when io is set
+};
+
 void gaunt_struct_sizes(long *sizes) {
     sizes[0] = sizeof(GauntTables);
     sizes[1] = sizeof(GauntForwardCall);
     sizes[2] = sizeof(GauntBackwardCall);
+    sizes[3] = sizeof(GauntConvCall);
 }
 }
 
@@ -545,6 +617,14 @@ static int forward_call(const GauntForwardCall *c) {
 }
 
 template <typename T>
+static int conv_call(const GauntConvCall *c) {
+    const GauntForwardCall &f = c->f;
+    return gaunt_forward(product_of<T>(f.p), (const T *)f.a, (const T *)f.b, (T *)f.out, f.rows, (const T *)f.sa,
+                         (const T *)f.sb, (const T *)f.sc, f.channels, f.n_threads, c->ia, c->ib, c->io,
+                         c->out_rows);
+}
+
+template <typename T>
 static int backward_call(const GauntBackwardCall *c) {
     return gaunt_backward(product_of<T>(c->px), product_of<T>(c->py), (const T *)c->g, (const T *)c->x,
                           (const T *)c->y, (const T *)c->u, (T *)c->gx, (T *)c->gy, c->rows, (const T *)c->w1,
@@ -554,5 +634,7 @@ static int backward_call(const GauntBackwardCall *c) {
 
 extern "C" int gaunt_forward_f32(const GauntForwardCall *c) { return forward_call<float>(c); }
 extern "C" int gaunt_forward_f64(const GauntForwardCall *c) { return forward_call<double>(c); }
+extern "C" int gaunt_conv_f32(const GauntConvCall *c) { return conv_call<float>(c); }
+extern "C" int gaunt_conv_f64(const GauntConvCall *c) { return conv_call<double>(c); }
 extern "C" int gaunt_backward_f32(const GauntBackwardCall *c) { return backward_call<float>(c); }
 extern "C" int gaunt_backward_f64(const GauntBackwardCall *c) { return backward_call<double>(c); }
