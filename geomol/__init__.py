@@ -4,4 +4,6 @@ Layers live in :mod:`geomol.nn` (importable into any PyG model), full networks i
 :mod:`geomol.models`, datasets in :mod:`geomol.data`, Lightning tasks in :mod:`geomol.tasks`.
 """
 
+from . import resolvers  # noqa: F401  (the OmegaConf resolvers geomol/conf uses)
+
 __version__ = "0.1.0"

@@ -13,19 +13,71 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 
-from .pretrained import checkpoint_path
 from .safety import check_checkpoint_config, task_class
 
-__all__ = ["read_checkpoint", "load_task", "add_record", "slim_checkpoint", "TASK_KEY"]
+__all__ = [
+    "read_checkpoint", "load_task", "add_record", "slim_checkpoint", "TASK_KEY",
+    "checkpoint_path", "pretrained_entries", "pretrained_path", "pretrained_search_path",
+]  # fmt: skip
 
 # Checkpoints written by geomol tasks name their class here (see ``GeomolTaskMixin``).
 TASK_KEY = "geomol_task"
+
+# ---------------------------------------------------------------- trained models by name
+# The catalogue of geomol.pretrained lives here, below the loader, so that every checkpoint path accepts a
+# model's name without this module importing geomol.pretrained (which imports this one).
+PRETRAINED_CHECKPOINT = "model.ckpt"
+
+
+def pretrained_search_path() -> list[Path]:
+    """The folders searched for models, first match wins: ``$GEOMOL_PRETRAINED``, then a clone's ``pretrained/``."""
+    folders = [Path(p) for p in os.environ.get("GEOMOL_PRETRAINED", "").split(os.pathsep) if p]
+    clone = Path(__file__).resolve().parents[1] / "pretrained"
+    if clone.is_dir():
+        folders.append(clone)
+    return folders
+
+
+def pretrained_entries() -> dict[str, Path]:
+    """Model name -> its folder (a folder with a ``README.md``), over :func:`pretrained_search_path`."""
+    found: dict[str, Path] = {}
+    for folder in pretrained_search_path():
+        if not folder.is_dir():
+            continue
+        for entry in sorted(folder.iterdir()):
+            if entry.is_dir() and (entry / "README.md").is_file() and entry.name not in found:
+                found[entry.name] = entry
+    return found
+
+
+def pretrained_path(name: str) -> Path:
+    """The checkpoint of pretrained model ``name``; one-line errors for an unknown name or a missing file."""
+    entries = pretrained_entries()
+    if name not in entries:
+        known = ", ".join(sorted(entries)) or "none (set GEOMOL_PRETRAINED to a folder of models)"
+        raise ValueError(f"unknown pretrained model {name!r}; known: {known}")
+    ckpt = entries[name] / PRETRAINED_CHECKPOINT
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"pretrained model {name}: {ckpt} is missing")
+    return ckpt
+
+
+def checkpoint_path(value: str | os.PathLike) -> Path:
+    """``value`` as a checkpoint file: an existing path as is, a bare name (no folder, no suffix) of a
+    pretrained model as its ``model.ckpt``; anything else unchanged (so a missing path is reported as one)."""
+    candidate = Path(value)
+    if candidate.exists() or candidate.suffix or len(candidate.parts) != 1:
+        return candidate
+    return pretrained_path(str(value))
+
+
+# ---------------------------------------------------------------- reading and loading
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
@@ -88,7 +140,7 @@ def slim_checkpoint(path: str | os.PathLike, output: str | os.PathLike) -> Path:
 
 def load_task(
     path: str | os.PathLike,
-    expected: type[pl.LightningModule] | tuple[type[pl.LightningModule], ...] | None = None,
+    expected: type[pl.LightningModule] | str | Sequence[type[pl.LightningModule] | str] | None = None,
     map_location: str | torch.device = "cpu",
     trust_checkpoint: bool = False,
     overrides: Mapping | None = None,
@@ -98,8 +150,9 @@ def load_task(
 
     Args:
         path: ``.ckpt`` file written by ``train.py``.
-        expected: the task class(es) the caller can use; another kind of checkpoint is refused with
-            a ValueError naming both.
+        expected: the task class(es) the caller can use, as classes or dotted names of geomol's tasks
+            (``"geomol.tasks.generation.GenerationTask"``: a lower layer names the task it needs without
+            importing it); another kind of checkpoint is refused with a ValueError naming both.
         trust_checkpoint: build whatever the checkpoint's configs name (**dangerous**: a checkpoint
             from someone else can then run code). By default only what geomol registers is built
             (:mod:`geomol.safety`), and a checkpoint naming anything else raises
@@ -113,7 +166,13 @@ def load_task(
     """
     ckpt = read_checkpoint(path)
     name = ckpt.get(TASK_KEY)
-    expected_tuple = expected if isinstance(expected, tuple) else ((expected,) if expected else ())
+    if expected is None:
+        expected = ()
+    elif isinstance(expected, (str, type)):
+        expected = (expected,)
+    expected_tuple = tuple(
+        task_class(e, source="load_task(expected=...)") if isinstance(e, str) else e for e in expected
+    )
     hyper_parameters = ckpt["hyper_parameters"]
     if not trust_checkpoint:
         check_checkpoint_config(hyper_parameters, source=str(path))

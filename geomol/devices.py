@@ -1,5 +1,6 @@
-"""What the machine's processors do well: bfloat16 is fast on GPUs and on CPUs with native bf16 (AVX512-BF16,
-AMX), and emulated, tens of times slower than float32, elsewhere (e.g. AVX2 CPUs)."""
+"""What the machine can do: whether an error was the allocator running out of memory
+(:func:`is_out_of_memory`), and what its processors do well: bfloat16 is fast on GPUs and on CPUs with native
+bf16 (AVX512-BF16, AMX), and emulated, tens of times slower than float32, elsewhere (e.g. AVX2 CPUs)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ import warnings
 
 import torch
 
-__all__ = ["fast_bf16", "warn_slow_bf16"]
+__all__ = ["fast_bf16", "warn_slow_bf16", "is_out_of_memory"]
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """A CUDA or CPU allocator failure (``torch.OutOfMemoryError`` or the CPU allocator's RuntimeError)."""
+    text = str(err)
+    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text
 
 
 @functools.cache

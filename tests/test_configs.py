@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
@@ -23,11 +22,14 @@ DATA_FIXTURES = {
     "mnist_affine": [f"data.root={FIXTURES / 'mnist'}", "data.batch_size=2"],
     "nbody": ["data.num_train=16", "data.num_val=8", "data.num_test=8", "data.batch_size=2", "data.eval_batch_size=2"],
 }  # fmt: skip
-# Which data sets each kind of task trains on (pairs needing a specialization are in geomol/conf/model_data).
+# Which data sets each kind of task trains on. A model's task is read from its config composed with the
+# data: model/ponita.yaml is a PropertyTask on molecules and an NBodyTask on N-body data.
 TASK_DATA = {
     "geomol.tasks.PropertyTask": ["qm9", "rmd17"],
     "geomol.tasks.property.PropertyTask": ["qm9", "rmd17"],
     "geomol.tasks.image.ImageTask": ["mnist_affine"],
+    "geomol.tasks.generation.GenerationTask": ["qm9"],
+    "geomol.tasks.nbody.NBodyTask": ["nbody"],
 }
 
 
@@ -36,20 +38,13 @@ def _names(group: str) -> list[str]:
 
 
 def _pairs() -> list[tuple[str, str]]:
-    data = set(_names("data"))
-    pairs = set()
+    pairs = []
     for model in _names("model"):
-        target = yaml.safe_load((CONF / "model" / f"{model}.yaml").read_text()).get("_target_", "")
-        for name in TASK_DATA.get(target, []):
-            if name in data:
-                pairs.add((model, name))
-    for special in _names("model_data"):
-        model, _, name = special.partition("_")
-        for m in _names("model"):  # model names may contain underscores
-            if special.startswith(m + "_") and special[len(m) + 1 :] in data:
-                model, name = m, special[len(m) + 1 :]
-        pairs.add((model, name))
-    return sorted(pairs)
+        for name in _names("data"):
+            task = _compose([f"model={model}", f"data={name}"], Path("/nonexistent")).model._target_
+            if name in TASK_DATA.get(task, []):
+                pairs.append((model, name))
+    return pairs
 
 
 def _experiment_data(name: str) -> str:
@@ -87,6 +82,36 @@ def _fast_dev_run(cfg) -> None:
 def test_model_data_pair(model, data, tmp_path):
     cfg = _compose([f"model={model}", f"data={data}", *DATA_FIXTURES.get(data, [])], tmp_path)
     _fast_dev_run(cfg)
+
+
+# Pairings whose task, network or data differ from the model's and the data's plain configs: the model config
+# selects them (task/ declared by propmolflow and gvp_regressor, ${geomol.if_data:...} in ponita), no pair configs.
+PAIRINGS = [
+    ("propmolflow", "qm9", "geomol.tasks.generation.GenerationTask", "geomol.models.propmolflow.PropMolFlow",
+     "geomol.data.generation.QM9GenerationDataModule", {"with_bonds": True, "train_half": "generator"}),
+    ("gvp_regressor", "qm9", "geomol.tasks.PropertyTask", "geomol.models.regressor.GVPRegressor",
+     "geomol.data.QM9DataModule", {"with_bonds": False, "train_half": "regressor"}),
+    ("gvp_regressor", "rmd17", "geomol.tasks.PropertyTask", "geomol.models.regressor.GVPRegressor",
+     "geomol.data.rmd17.RMD17DataModule", {}),
+    ("ponita", "nbody", "geomol.tasks.nbody.NBodyTask", "geomol.models.ponita.PonitaDynamics",
+     "geomol.data.nbody.NBodyDataModule", {}),
+    ("ponita", "qm9", "geomol.tasks.property.PropertyTask", "geomol.models.ponita.Ponita",
+     "geomol.data.QM9DataModule", {"train_half": None}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "model,data,task,net,datamodule,data_keys", PAIRINGS, ids=[f"{m}-{d}" for m, d, *_ in PAIRINGS]
+)
+def test_pairing_picks_task_network_and_data(model, data, task, net, datamodule, data_keys, tmp_path):
+    cfg = _compose([f"model={model}", f"data={data}"], tmp_path)
+    assert (cfg.model._target_, cfg.model.net._target_, cfg.data._target_) == (task, net, datamodule)
+    assert {key: cfg.data[key] for key in data_keys} == data_keys
+    if model == "ponita":  # the paper's N-body settings on N-body data only
+        on_nbody = data == "nbody"
+        assert (cfg.model.net.num_ori, cfg.model.net.layer_scale, cfg.model.optimizer.lr) == (
+            (16, 1e-6, 1e-3) if on_nbody else (20, None, 5e-4)
+        )
 
 
 @pytest.mark.parametrize("experiment", _names("experiment"))

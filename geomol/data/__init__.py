@@ -1,7 +1,7 @@
 """Datasets and data modules producing ``torch_geometric.data.Data``."""
 
-from .datamodule import GraphDataModule, QM9DataModule
-from .generation import QM9GenerationDataModule
+from .datamodule import GraphDataModule, QM9DataModule, TargetStats
+from .generation import GenerationStats, QM9GenerationDataModule, ood_target
 from .images import MNISTAffineDataModule, affine_digits, load_mnist
 from .nbody import NBody, NBodyDataModule
 from .qm9 import QM9, TARGETS, UNITS
@@ -19,6 +19,9 @@ __all__ = [
     "RMD17DataModule",
     "NBodyDataModule",
     "MNISTAffineDataModule",
+    "TargetStats",
+    "GenerationStats",
+    "ood_target",
     "load_mnist",
     "affine_digits",
 ]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,8 @@ import torch
 from rdkit import Chem, RDLogger
 from rdkit.Chem import rdDetermineBonds
 from torch import Tensor
+
+from geomol.files import atomic_write
 
 __all__ = [
     "ELEMENTS",
@@ -270,30 +271,6 @@ def graph_from_mol(mol: Chem.Mol) -> dict[str, Tensor]:
         "edge_index": result.edge_index,
         "edge_attr": result.edge_attr,
     }
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "w"):
-    """Write ``path`` through a temporary file in the same folder, renamed into place on success.
-
-    A crash or exception leaves the previous file (or none) — never a half-written one.
-    """
-    path = Path(path)
-    if not path.parent.exists():
-        raise FileNotFoundError(f"output folder does not exist: {path.parent}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    # mkstemp creates the file 0600; give it the permissions a plain open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    try:
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def write_sdf(

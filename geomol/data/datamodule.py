@@ -1,14 +1,18 @@
 """LightningDataModules: the bridge from datasets to tasks.
 
 Every data module exposes ``task_kwargs()``: what the task needs to know about the data (target
-names and units, standardization statistics, elements, whether forces exist). ``train.py`` passes
-it to the task's constructor, which stores it in the checkpoint's hyper-parameters.
+names and units, standardization statistics, elements, whether forces exist), as a small dataclass
+(:class:`TargetStats` for property data, :class:`~geomol.data.generation.GenerationStats` for
+generation data). Its fields are the task's keyword arguments: ``train.py`` passes them as
+``Task(net=..., **datamodule.task_kwargs())``, and the task stores them in the checkpoint's
+hyper-parameters as plain values.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -18,7 +22,52 @@ from torch_geometric.loader import DataLoader
 
 from .qm9 import EXTENSIVE, QM9, TARGETS, UNITS, split_indices, training_halves
 
-__all__ = ["EpochShuffleSampler", "GraphDataModule", "QM9DataModule", "target_statistics"]
+__all__ = ["EpochShuffleSampler", "GraphDataModule", "QM9DataModule", "TargetStats", "TaskStats", "target_statistics"]
+
+
+class TaskStats(Mapping):
+    """Base of the dataclasses that data modules give their task: a read-only mapping from field name to
+    value, so that they spread into the task's keyword arguments (``Task(net=..., **stats)``) and compare
+    equal to the dict of their fields."""
+
+    def __getitem__(self, key: str):
+        if key not in self._names():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def _names(self) -> tuple[str, ...]:
+        return tuple(field.name for field in dataclasses.fields(self))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TargetStats(TaskStats):
+    """What :class:`geomol.tasks.PropertyTask` needs to know about property data (its keyword arguments).
+
+    Args:
+        targets, units: target names and their units.
+        mean, std: standardization statistics of the training split (``mean`` per atom where extensive).
+        extensive: per target, whether it scales with the number of atoms.
+        elements: atomic numbers of the data; a trained model refuses others.
+        forces: the targets are one energy with forces (``batch.energy``, ``batch.forces``).
+        target_columns: columns of ``batch.y`` holding the targets (None: all of them).
+        force_rms: RMS of the training force components (eV/Å), for ``energy_scale=force_rms``.
+    """
+
+    targets: list[str]
+    units: list[str]
+    mean: list[float]
+    std: list[float]
+    extensive: list[bool]
+    elements: list[int] | None = None
+    forces: bool = False
+    target_columns: list[int] | None = None
+    force_rms: float | None = None
 
 
 def target_statistics(y: Tensor, num_atoms: Tensor, extensive: Sequence[bool]) -> tuple[list[float], list[float]]:
@@ -192,20 +241,20 @@ class QM9DataModule(GraphDataModule):
         )
         return {"targets": list(self.targets), "train_half": self.train_half, **reference}
 
-    def task_kwargs(self) -> dict:
+    def task_kwargs(self) -> TargetStats:
         """Target names, units and training-split statistics for :class:`geomol.tasks.PropertyTask`."""
         self.setup()
         train = self.splits["train"]
         y = self.dataset.y[train][:, self.target_columns]
         extensive = [t in EXTENSIVE for t in self.targets]
         mean, std = target_statistics(y, self.dataset.num_atoms()[train], extensive)
-        return {
-            "targets": list(self.targets),
-            "units": [UNITS[c] for c in self.target_columns],
-            "target_columns": list(self.target_columns),
-            "mean": mean,
-            "std": std,
-            "extensive": extensive,
-            "elements": [1, 6, 7, 8, 9],
-            "forces": False,
-        }
+        return TargetStats(
+            targets=list(self.targets),
+            units=[UNITS[c] for c in self.target_columns],
+            mean=mean,
+            std=std,
+            extensive=extensive,
+            elements=[1, 6, 7, 8, 9],
+            forces=False,
+            target_columns=list(self.target_columns),
+        )

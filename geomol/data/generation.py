@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from geomol.metrics.conditional import distribution_quantiles
-from geomol.metrics.properties import ood_target
-
-from .datamodule import QM9DataModule
+from .datamodule import QM9DataModule, TaskStats
 from .qm9 import TARGETS, UNITS
 
-__all__ = ["QM9GenerationDataModule", "atom_count_statistics"]
+__all__ = ["GenerationStats", "QM9GenerationDataModule", "atom_count_statistics", "ood_target"]
+
+
+def ood_target(values: Sequence[float] | Tensor | np.ndarray, percentile: float = 99.0) -> float:
+    """The out-of-distribution target: the ``percentile``-th percentile of the training-half values."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if values.size == 0 or not np.isfinite(values).all():
+        raise ValueError("ood_target needs a non-empty list of finite property values")
+    if not 0 <= percentile <= 100:
+        raise ValueError(f"percentile must lie in [0, 100], got {percentile}")
+    return float(np.percentile(values, percentile))
 
 
 def atom_count_statistics(n_atoms: Tensor, properties: Tensor | None = None, names: Sequence[str] = (),
@@ -41,6 +50,28 @@ def atom_count_statistics(n_atoms: Tensor, properties: Tensor | None = None, nam
     return {"counts": torch.bincount(n_atoms, minlength=size).tolist(), "given_property": given}
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class GenerationStats(TaskStats):
+    """What :class:`geomol.tasks.generation.GenerationTask` needs to know about generation data (its
+    keyword arguments), per property of the data; the task keeps those it is conditioned on.
+
+    Args:
+        targets, units: property names and units.
+        mean, std: per-molecule statistics of each property on the training molecules.
+        atom_counts: atom-count histograms (:func:`atom_count_statistics`).
+        ood_targets: out-of-distribution value of each property (:func:`ood_target` of the training molecules).
+        test_quantiles: equally spaced quantiles of each property on the test split.
+    """
+
+    targets: list[str]
+    units: list[str]
+    mean: list[float]
+    std: list[float]
+    atom_counts: dict
+    ood_targets: list[float] | None = None
+    test_quantiles: list[list[float]] | None = None
+
+
 class QM9GenerationDataModule(QM9DataModule):
     """QM9 with bonds for :class:`geomol.tasks.generation.GenerationTask` (PropMolFlow's protocol).
 
@@ -65,22 +96,24 @@ class QM9GenerationDataModule(QM9DataModule):
         super().__init__(*args, with_bonds=with_bonds, train_half=train_half, **kwargs)
         self.atom_count_bins = atom_count_bins
 
-    def task_kwargs(self) -> dict:
+    def task_kwargs(self) -> GenerationStats:
         """Property names, units, statistics and atom-count histograms of the training molecules."""
+        from geomol.metrics.conditional import distribution_quantiles  # metrics imports this module
+
         self.setup()
         train = self.splits["train"]
         y = self.dataset.y[train].double()  # [M, 19]
         test_y = self.dataset.y[self.splits["test"]].double()
         std = y.std(0) if y.size(0) > 1 else y.new_ones(y.size(1))
         counts = atom_count_statistics(self.dataset.num_atoms()[train], y, TARGETS, self.atom_count_bins)
-        return {
-            "targets": list(TARGETS),
-            "units": list(UNITS),
-            "mean": y.mean(0).tolist(),
-            "std": std.clamp_min(1e-8).tolist(),
-            "atom_counts": counts,
-            "ood_targets": [ood_target(y[:, k]) for k in range(y.size(1))],
+        return GenerationStats(
+            targets=list(TARGETS),
+            units=list(UNITS),
+            mean=y.mean(0).tolist(),
+            std=std.clamp_min(1e-8).tolist(),
+            atom_counts=counts,
+            ood_targets=[ood_target(y[:, k]) for k in range(y.size(1))],
             # The test split's distribution of each property, for condition.<name>=sample (the protocol
             # draws the requested values from it).
-            "test_quantiles": [distribution_quantiles(test_y[:, k]) for k in range(y.size(1))],
-        }
+            test_quantiles=[distribution_quantiles(test_y[:, k]) for k in range(y.size(1))],
+        )

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-from .datamodule import GraphDataModule, target_statistics
+from .datamodule import GraphDataModule, TargetStats, target_statistics
 
 __all__ = ["RMD17", "RMD17DataModule", "MOLECULES", "KCAL_MOL_TO_EV", "TARBALL_URL", "split_file"]
 
@@ -235,7 +235,7 @@ class RMD17DataModule(GraphDataModule):
         test = dataset.test_frames[: self.num_test]
         return dataset, train, val, test
 
-    def task_kwargs(self) -> dict:
+    def task_kwargs(self) -> TargetStats:
         """Energy target for :class:`geomol.tasks.property.PropertyTask`, trained with forces.
 
         ``mean`` is the per-atom mean energy of the training frames (one molecule per data set, so
@@ -249,13 +249,13 @@ class RMD17DataModule(GraphDataModule):
         num_atoms = torch.full((train.numel(),), self.dataset.z.numel())
         mean, std = target_statistics(energy, num_atoms, [True])
         force_rms = float(self.dataset.forces[train].double().pow(2).mean().sqrt())
-        return {
-            "targets": ["energy"],
-            "units": ["eV"],
-            "mean": mean,
-            "std": std,
-            "extensive": [True],
-            "elements": sorted(set(self.dataset.z.tolist())),
-            "forces": True,
-            "force_rms": force_rms,
-        }
+        return TargetStats(
+            targets=["energy"],
+            units=["eV"],
+            mean=mean,
+            std=std,
+            extensive=[True],
+            elements=sorted(set(self.dataset.z.tolist())),
+            forces=True,
+            force_rms=force_rms,
+        )

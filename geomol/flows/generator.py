@@ -26,11 +26,15 @@ from tqdm import tqdm
 
 from geomol.checkpoints import load_task
 from geomol.data.chem import ATOMIC_NUMBERS, ELEMENTS, mol_from_graph
+from geomol.devices import is_out_of_memory
 from geomol.flows.bonds import bonds_from_pairs
 from geomol.flows.molecule import CHARGES, MolecularFlow, MoleculeState
 from geomol.flows.sampler import AtomCounts, euler_sample, split_molecules
 from geomol.metrics.conditional import quantile_sample
 from geomol.metrics.validity import sanitized
+
+# The task whose checkpoints hold a generator, by name: tasks build on flows, so flows never import them.
+GENERATION_TASK = "geomol.tasks.generation.GenerationTask"
 
 __all__ = ["MoleculeGenerator", "ConditionStatistics", "DEFAULT_SAMPLING", "available_memory", "pair_bytes"]
 
@@ -196,9 +200,7 @@ class MoleculeGenerator:
             FileNotFoundError: no such checkpoint.
             ValueError: not a geomol checkpoint, another task's, or unsafe (one line each).
         """
-        from geomol.tasks.generation import GenerationTask  # tasks build on flows: imported when used
-
-        task = load_task(path, expected=GenerationTask, map_location=device, trust_checkpoint=trust_checkpoint)
+        task = load_task(path, expected=GENERATION_TASK, map_location=device, trust_checkpoint=trust_checkpoint)
         return cls.from_task(task, precision=precision)
 
     # ------------------------------------------------------------------ what it is
@@ -398,8 +400,6 @@ class MoleculeGenerator:
                         precision=precision,
                     )
                 except (torch.OutOfMemoryError, RuntimeError) as err:
-                    from geomol.tasks.base import is_out_of_memory  # shared with training's one-line errors
-
                     if not is_out_of_memory(err):
                         raise
                     raise ValueError(

@@ -1,6 +1,6 @@
 """Chemistry metrics of generated molecules: stability, validity, uniqueness, closed shells, property errors."""
 
-from .properties import ood_target, predict_properties, property_mae
+from .properties import predict_properties, property_mae
 from .stability import VALENCES, StabilityResult, molecule_stability, stability
 from .summary import molecule_metrics
 from .validity import canonical_reference, canonical_smiles, closed_shell, novelty, sanitized, uniqueness, validity
@@ -20,5 +20,4 @@ __all__ = [
     "molecule_metrics",
     "predict_properties",
     "property_mae",
-    "ood_target",
 ]

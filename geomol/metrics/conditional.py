@@ -238,7 +238,7 @@ def plot_conditional(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from geomol.data.chem import atomic_write
+    from geomol.files import atomic_write
 
     fig, axes = plt.subplots(len(requested), 2, figsize=(9, 3.4 * len(requested)), squeeze=False)
     for (ax_hist, ax_scatter), (name, values) in zip(axes, requested.items()):

@@ -3,29 +3,19 @@
 PropMolFlow's protocol (Zeng et al. 2025, Sec. 3.2): the generator trains on one half of QM9's
 training split and a GVP regressor on the other half; the regressor's predictions on generated
 molecules are compared with the values the molecules were conditioned on. Out of distribution,
-every molecule is conditioned on the 99th percentile of the property over the training half.
+every molecule is conditioned on the 99th percentile of the property over the training half
+(:func:`geomol.data.generation.ood_target`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 from rdkit import Chem
 from torch import Tensor
 
-__all__ = ["ood_target", "predict_properties", "property_mae"]
-
-
-def ood_target(values: Sequence[float] | Tensor | np.ndarray, percentile: float = 99.0) -> float:
-    """The out-of-distribution target: the ``percentile``-th percentile of the training-half values."""
-    values = np.asarray(values, dtype=np.float64).ravel()
-    if values.size == 0 or not np.isfinite(values).all():
-        raise ValueError("ood_target needs a non-empty list of finite property values")
-    if not 0 <= percentile <= 100:
-        raise ValueError(f"percentile must lie in [0, 100], got {percentile}")
-    return float(np.percentile(values, percentile))
+__all__ = ["predict_properties", "property_mae"]
 
 
 @torch.no_grad()

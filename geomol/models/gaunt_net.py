@@ -12,6 +12,8 @@ A property model for :class:`geomol.tasks.property.PropertyTask`: ``forward(z, p
 
 from __future__ import annotations
 
+import warnings
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
@@ -77,9 +79,11 @@ class GauntNet(nn.Module):
         radial_hidden: width of the radial MLPs.
         avg_num_neighbors: normalisation of summed messages (typical neighbour count).
         max_num_neighbors: neighbours kept per atom (nearest first).
-        max_z: largest atomic number (element-dependent weights for ``z = 0 … max_z``).
+        num_elements: atomic numbers ``z = 0 … num_elements - 1`` get element-dependent weights.
         readout_hidden: width of the last layer's readout MLP (earlier layers read out linearly).
         readout: ``"sum"`` (extensive targets such as energies) or ``"mean"`` over atoms.
+        max_z: deprecated, ``num_elements - 1`` (the name older checkpoints store, e.g.
+            ``pretrained/gaunt_rmd17_ethanol_cpu``); when given it sets ``num_elements``.
 
     Shapes:
         z ``[N]``, pos ``[N, 3]``, batch ``[N]`` -> ``[num_graphs, out_channels]``.
@@ -98,18 +102,22 @@ class GauntNet(nn.Module):
         radial_hidden: int = 64,
         avg_num_neighbors: float = 10.0,
         max_num_neighbors: int = 32,
-        max_z: int = 10,
+        num_elements: int = 11,
         readout_hidden: int = 16,
         readout: str = "sum",
+        max_z: int | None = None,
     ) -> None:
         super().__init__()
+        if max_z is not None:
+            warnings.warn("GauntNet(max_z=m) is deprecated; use num_elements=m + 1", DeprecationWarning, stacklevel=2)
+            num_elements = max_z + 1
         if readout not in ("sum", "mean"):
             raise ValueError(f"readout must be 'sum' or 'mean', got {readout!r}")
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        self.channels, self.lmax, self.max_z = channels, lmax, max_z
+        self.channels, self.lmax, self.num_elements = channels, lmax, num_elements
         self.cutoff, self.max_num_neighbors, self.readout = cutoff, max_num_neighbors, readout
-        self.embedding = nn.Embedding(max_z + 1, channels)
+        self.embedding = nn.Embedding(num_elements, channels)
         conv_kwargs = dict(
             num_radial=num_radial, cutoff=cutoff, radial_hidden=radial_hidden, avg_num_neighbors=avg_num_neighbors
         )
@@ -119,7 +127,7 @@ class GauntNet(nn.Module):
                 lmax,
                 lmax if lmax_filter is None else lmax_filter,
                 correlation,
-                max_z + 1,
+                num_elements,
                 out_channels,
                 readout_hidden if t == num_layers - 1 else None,
                 conv_kwargs,
@@ -133,8 +141,11 @@ class GauntNet(nn.Module):
         Shapes:
             z ``[N]``, pos ``[N, 3]``, batch ``[N]`` -> ``[num_graphs, out_channels]``.
         """
-        if z.numel() and (int(z.min()) < 0 or int(z.max()) > self.max_z):
-            raise ValueError(f"atomic numbers must lie in 0 … {self.max_z} (max_z), got {int(z.max())}")
+        if z.numel() and (int(z.min()) < 0 or int(z.max()) >= self.num_elements):
+            raise ValueError(
+                f"atomic numbers must lie in 0 … {self.num_elements - 1} (num_elements={self.num_elements}), "
+                f"got {int(z.max())}"
+            )
         edge_index = radius_graph(pos, self.cutoff, batch, max_num_neighbors=self.max_num_neighbors)
         # Invariant embedding in the l = 0 slot, zeros for l > 0: [N, C, (lmax+1)²].
         h = F.pad(self.embedding(z).unsqueeze(-1), (0, (self.lmax + 1) ** 2 - 1))
@@ -146,4 +157,4 @@ class GauntNet(nn.Module):
         return scatter(atomic, batch, dim=0, dim_size=num_graphs, reduce=self.readout)
 
     def extra_repr(self) -> str:
-        return f"cutoff={self.cutoff}, max_z={self.max_z}, readout={self.readout!r}"
+        return f"cutoff={self.cutoff}, num_elements={self.num_elements}, readout={self.readout!r}"

@@ -187,18 +187,18 @@ class Ponita(nn.Module):
     Args:
         out_channels: number of targets (the task passes it).
         num_elements: atomic numbers must be below this; they enter one-hot, as in the paper.
-        reduce: ``"sum"`` (extensive targets such as energies, the paper's choice) or ``"mean"``.
+        readout: ``"sum"`` (extensive targets such as energies, the paper's choice) or ``"mean"`` over atoms.
         **kwargs: hyper-parameters of :class:`PonitaNet` (``hidden_channels``, ``num_ori``, ...).
 
     Shapes:
         z ``[N]``, pos ``[N, 3]``, batch ``[N]`` -> ``[num_graphs, out_channels]``
     """
 
-    def __init__(self, out_channels: int, num_elements: int = 100, reduce: str = "sum", **kwargs) -> None:
+    def __init__(self, out_channels: int, num_elements: int = 100, readout: str = "sum", **kwargs) -> None:
         super().__init__()
-        if reduce not in ("sum", "mean"):
-            raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
-        self.num_elements, self.reduce = num_elements, reduce
+        if readout not in ("sum", "mean"):
+            raise ValueError(f"readout must be 'sum' or 'mean', got {readout!r}")
+        self.num_elements, self.readout = num_elements, readout
         self.net = PonitaNet(scalar_in=num_elements, vector_in=0, scalar_out=out_channels, vector_out=0, **kwargs)
 
     def forward(self, z: Tensor, pos: Tensor, batch: Tensor) -> Tensor:
@@ -206,7 +206,7 @@ class Ponita(nn.Module):
             raise ValueError(f"atomic numbers must lie in [0, {self.num_elements}), got {z.min()}..{z.max()}")
         scalars = F.one_hot(z, self.num_elements).to(pos.dtype)
         per_atom, _ = self.net(pos, batch, scalars)
-        return scatter(per_atom, batch, dim=0, dim_size=int(batch.max()) + 1, reduce=self.reduce)
+        return scatter(per_atom, batch, dim=0, dim_size=int(batch.max()) + 1, reduce=self.readout)
 
 
 class PonitaDynamics(nn.Module):

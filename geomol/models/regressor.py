@@ -33,7 +33,7 @@ class GVPRegressor(nn.Module):
         rbf_dim: Gaussians of the distance expansion.
         rbf_dmax: centre of the last Gaussian (Å).
         message_norm: aggregated messages are divided by this constant.
-        max_z: largest atomic number embedded.
+        num_elements: atomic numbers ``z = 0 … num_elements - 1`` are embedded.
         readout: ``"mean"`` or ``"sum"`` over the atoms of a molecule.
 
     Shapes:
@@ -52,7 +52,7 @@ class GVPRegressor(nn.Module):
         rbf_dim: int = 16,
         rbf_dmax: float = 20.0,
         message_norm: float = 100.0,
-        max_z: int = 9,
+        num_elements: int = 10,
         readout: str = "mean",
     ) -> None:
         super().__init__()
@@ -60,8 +60,8 @@ class GVPRegressor(nn.Module):
             raise ValueError(f"readout must be 'mean' or 'sum', got {readout!r}")
         self.readout = readout
         self.vectors = vectors
-        self.max_z = max_z
-        self.embedding = nn.Embedding(max_z + 1, scalars)
+        self.num_elements = num_elements
+        self.embedding = nn.Embedding(num_elements, scalars)
         self.rbf = GaussianBasis(0.0, rbf_dmax, rbf_dim, gamma=(rbf_dim / rbf_dmax) ** 2)
         self.convs = nn.ModuleList(
             GVPConv(scalars, vectors, 0, rbf_dim, n_message_gvps, n_update_gvps, n_cp_feats, message_norm)
@@ -70,8 +70,8 @@ class GVPRegressor(nn.Module):
         self.head = nn.Sequential(nn.Linear(scalars, scalars), nn.SiLU(), nn.Linear(scalars, out_channels))
 
     def forward(self, z: Tensor, pos: Tensor, batch: Tensor) -> Tensor:
-        if bool((z > self.max_z).any()) or bool((z < 0).any()):
-            raise ValueError(f"atomic numbers must lie in 0..{self.max_z} for this regressor")
+        if bool((z >= self.num_elements).any()) or bool((z < 0).any()):
+            raise ValueError(f"atomic numbers must lie in 0..{self.num_elements - 1} for this regressor")
         edge_index = full_graph(batch)
         vec, dist = edge_vectors(pos, edge_index)
         unit, rbf = vec / (dist.unsqueeze(-1) + 1e-8), self.rbf(dist)

@@ -24,7 +24,7 @@ class SchNet(nn.Module):
         cutoff: radius graph cutoff (Å).
         max_num_neighbors: neighbours kept per atom (nearest first).
         readout: ``"sum"`` (extensive targets) or ``"mean"``.
-        max_z: largest atomic number embedded.
+        num_elements: atomic numbers ``z = 0 … num_elements - 1`` are embedded.
 
     Shapes:
         z ``[N]``, pos ``[N, 3]``, batch ``[N]`` -> ``[num_graphs, out_channels]``
@@ -40,13 +40,13 @@ class SchNet(nn.Module):
         cutoff: float = 5.0,
         max_num_neighbors: int = 32,
         readout: str = "sum",
-        max_z: int = 100,
+        num_elements: int = 101,
     ) -> None:
         super().__init__()
         if readout not in ("sum", "mean"):
             raise ValueError(f"readout must be 'sum' or 'mean', got {readout!r}")
         self.cutoff, self.max_num_neighbors, self.readout = cutoff, max_num_neighbors, readout
-        self.embedding = nn.Embedding(max_z + 1, hidden_channels)
+        self.embedding = nn.Embedding(num_elements, hidden_channels)
         self.basis = GaussianBasis(0.0, cutoff, num_basis)
         self.interactions = nn.ModuleList(
             SchNetInteraction(hidden_channels, num_filters, num_basis, cutoff) for _ in range(num_interactions)

@@ -4,8 +4,9 @@ PyG's ``radius_graph`` and its DimeNet ``triplets`` need torch-cluster / torch-s
 wheels on PyPI; these versions need nothing but torch and are tested against brute force.
 
 Edges follow PyG's ``source_to_target`` convention: ``edge_index[0]`` is the sender ``j``,
-``edge_index[1]`` the receiver ``i``, and message ``j → i`` uses ``pos[i] - pos[j]`` or its negative
-as each layer documents.
+``edge_index[1]`` the receiver ``i``. The edge vector of message ``j → i`` is ``r_ij = pos[i] - pos[j]``
+(:func:`edge_vectors`), in every geomol layer; a paper written with ``pos[j] - pos[i]`` (PONITA) is
+implemented with ``-r_ij``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 r"""The matrix groups GL⁺(2) and SL(2) of the affine group convolutions (Mironenco & Forré, ICLR 2024):
 group maths, the global chart and the samplers. The convolutions, norms and pooling built on them are in
-:mod:`geomol.nn.liegroup_conv` (their names stay importable from here).
+:mod:`geomol.nn.liegroup_conv`.
 
 Group elements are 2×2 matrices ``[..., 2, 2]`` acting on image coordinates ``(x, y)`` = (column, row).
 Both groups factor by the polar decomposition ``g = P·R`` with ``P`` symmetric positive definite and
@@ -43,21 +43,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-# The layers live in geomol.nn.liegroup_conv, which imports this module; their names resolve from here on
-# first use (PEP 562 ``__getattr__`` at the end), so ``from geomol.nn.liegroup import GroupConv`` keeps
-# working without an import cycle.
-_LAYERS = (
-    "kernel_offsets",
-    "warp",
-    "SirenKernel",
-    "LiftingConv",
-    "GroupConv",
-    "GroupLayerNorm",
-    "GroupRMSNorm",
-    "pool_group",
-    "pool_spatial",
-)
-__all__ = ["sym_exp", "spd_log", "LinearGroup2", "GL2", "SL2", "get_group", "GroupSampler", *_LAYERS]
+__all__ = ["sym_exp", "spd_log", "LinearGroup2", "GL2", "SL2", "get_group", "GroupSampler"]
 
 AngleSampling = Literal["equidistant", "linspace", "uniform"]
 AngleChart = Literal["centred", "positive"]
@@ -411,12 +397,3 @@ class GroupSampler:
             spd_law=self.spd_law,
             generator=generator,
         )
-
-
-def __getattr__(name: str) -> Any:
-    """The layers' names (see ``_LAYERS``), from :mod:`geomol.nn.liegroup_conv`."""
-    if name in _LAYERS:
-        from . import liegroup_conv
-
-        return getattr(liegroup_conv, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

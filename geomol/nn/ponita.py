@@ -10,8 +10,9 @@ theorem). Kernels are MLPs of polynomial features of the invariants; no Clebsch�
 products are needed, and vectors enter and leave the network through ``v·o`` and ``Σ_o f(o) o``.
 
 Conventions: edges ``j → i`` follow :mod:`geomol.nn.graph` (``edge_index[0]`` the sender ``j``,
-``edge_index[1]`` the receiver ``i``), and ``r = p_j − p_i`` points from the receiver to the sender,
-as in the paper.
+``edge_index[1]`` the receiver ``i``), and the edge vector is geomol's ``r_ij = p_i − p_j``
+(:func:`~geomol.nn.graph.edge_vectors`). The paper's relative position ``p_j − p_i`` is ``−r_ij``, so
+its invariants appear here with that sign (``a_1 = −r_ij·o_i``): the same numbers as the paper's.
 
 Pieces, in the order a forward pass uses them:
 
@@ -39,7 +40,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
-from .graph import full_graph, radius_graph
+from .graph import edge_vectors, full_graph, radius_graph
 
 __all__ = [
     "distance_invariants",
@@ -90,19 +91,19 @@ def _norm(v: Tensor) -> Tensor:
 
 
 def distance_invariants(pos: Tensor, edge_index: Tensor) -> Tensor:
-    """The one invariant of a pair of points in R³: their distance ``‖p_j − p_i‖``.
+    """The one invariant of a pair of points in R³: their distance ``‖r_ij‖``.
 
     Shapes:
         pos ``[N, 3]``, edge_index ``[2, E]`` -> ``[E, 1]``
     """
-    rel = pos[edge_index[0]] - pos[edge_index[1]]
-    return _norm(rel).unsqueeze(-1)
+    r_ij, _ = edge_vectors(pos, edge_index)
+    return _norm(r_ij).unsqueeze(-1)
 
 
 def point_invariants(pos: Tensor, ori: Tensor, edge_index: Tensor, complete: bool = False) -> Tensor:
     r"""Invariants of pairs of position–orientations ``(p_j, o_j) → (p_i, o_i)`` in R³×S².
 
-    PONITA's three (the paper's R³×S² bi-invariants), with ``r = p_j − p_i``:
+    PONITA's three (the paper's R³×S² bi-invariants), with the paper's ``r = p_j − p_i = −r_ij``:
 
     .. math::
         a_1 = r·o_i, \quad a_2 = ‖r − (r·o_i)\, o_i‖, \quad a_3 = o_i·o_j .
@@ -123,14 +124,14 @@ def point_invariants(pos: Tensor, ori: Tensor, edge_index: Tensor, complete: boo
         pos ``[M, 3]``, ori ``[M, 3]``, edge_index ``[2, E]`` -> ``[E, 3]`` (``[E, 4]`` if complete)
     """
     j, i = edge_index
-    rel = pos[j] - pos[i]
+    r_ij, _ = edge_vectors(pos, edge_index)  # [E, 3]; the paper's r is -r_ij
     o_i, o_j = ori[i], ori[j]
-    along = (rel * o_i).sum(-1, keepdim=True)  # [E, 1]
-    across = _norm(rel - along * o_i).unsqueeze(-1)  # [E, 1]
+    along = -(r_ij * o_i).sum(-1, keepdim=True)  # [E, 1]  a_1 = r·o_i
+    across = _norm(r_ij + along * o_i).unsqueeze(-1)  # [E, 1]  a_2 = ‖-(r - a_1 o_i)‖
     cos = (o_i * o_j).sum(-1, keepdim=True)  # [E, 1]
     parts = [along, across, cos]
     if complete:
-        parts.append((rel * o_j).sum(-1, keepdim=True))
+        parts.append(-(r_ij * o_j).sum(-1, keepdim=True))  # a_4 = r·o_j
     return torch.cat(parts, dim=-1)
 
 
@@ -146,9 +147,9 @@ def fiber_bundle_invariants(pos: Tensor, grid: Tensor, edge_index: Tensor) -> tu
         pos ``[N, 3]``, grid ``[O, 3]``, edge_index ``[2, E]`` -> (spatial ``[E, O, 2]``,
         fiber ``[O, O, 1]``)
     """
-    rel = (pos[edge_index[0]] - pos[edge_index[1]]).unsqueeze(1)  # [E, 1, 3]
-    along = (rel * grid).sum(-1, keepdim=True)  # [E, O, 1]
-    across = _norm(rel - along * grid).unsqueeze(-1)  # [E, O, 1]
+    r_ij = edge_vectors(pos, edge_index)[0].unsqueeze(1)  # [E, 1, 3]; the paper's r is -r_ij
+    along = -(r_ij * grid).sum(-1, keepdim=True)  # [E, O, 1]  r·o
+    across = _norm(r_ij + along * grid).unsqueeze(-1)  # [E, O, 1]  ‖-(r - (r·o) o)‖
     fiber = (grid @ grid.T).unsqueeze(-1)  # [O, O, 1]
     return torch.cat([along, across], dim=-1), fiber
 
@@ -265,7 +266,7 @@ def random_rotation_matrix(
 
 
 def lift_to_edges(pos: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
-    """Lift each edge ``j → i`` to the position–orientation ``(p_i, (p_j − p_i)/‖p_j − p_i‖)``.
+    """Lift each edge ``j → i`` to the position–orientation ``(p_i, −r_ij/‖r_ij‖)``, ``−r_ij = p_j − p_i``.
 
     A molecule without a grid still has directions: its bonds (or short edges). Each becomes a
     point of R³×S² sitting on its receiver atom (the paper's position–orientation point clouds, used for QM9).
@@ -276,8 +277,8 @@ def lift_to_edges(pos: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
     j, i = edge_index
     if bool((j == i).any()):
         raise ValueError("edges lifted to orientations must not contain self-loops (their direction is undefined)")
-    rel = pos[j] - pos[i]
-    return i, rel / rel.norm(dim=-1, keepdim=True)
+    r_ij, dist = edge_vectors(pos, edge_index)
+    return i, -r_ij / dist.unsqueeze(-1)  # towards the sender, as in the paper
 
 
 def lifted_graph(edge_index: Tensor, base: Tensor, num_nodes: int) -> Tensor:

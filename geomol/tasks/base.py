@@ -8,14 +8,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor
 
 from ..checkpoints import GeomolTaskMixin
+from ..devices import is_out_of_memory
 
-__all__ = ["plain_config", "build_network", "is_out_of_memory", "build_optimizers", "GeomolTask"]
+__all__ = ["plain_config", "build_network", "is_out_of_memory", "build_optimizers", "GeomolTask", "OPTIMIZATION_ARGS"]
 
 log = logging.getLogger("geomol")
 
@@ -23,12 +23,6 @@ log = logging.getLogger("geomol")
 def plain_config(cfg: Any) -> Any:
     """Plain dicts/lists from OmegaConf nodes, so hyper-parameters pickle-free into checkpoints."""
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
-
-
-def is_out_of_memory(err: BaseException) -> bool:
-    """A CUDA or CPU allocator failure (``torch.OutOfMemoryError`` or the CPU allocator's RuntimeError)."""
-    text = str(err)
-    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text
 
 
 def build_network(config: Mapping, **task_args: Any):
@@ -50,6 +44,9 @@ def build_network(config: Mapping, **task_args: Any):
             task_args = {k: v for k, v in task_args.items() if k in params}
     return instantiate(config, **task_args)
 
+
+# The arguments GeomolTask.__init__ takes for every task.
+OPTIMIZATION_ARGS = ("optimizer", "scheduler", "scheduler_interval", "monitor")
 
 # A learning-rate warm-up may take at most this fraction of a run (papers' warm-ups are ~0.1-1 % of theirs).
 MAX_WARMUP_FRACTION = 0.1
@@ -104,7 +101,45 @@ def build_optimizers(
 
 class GeomolTask(GeomolTaskMixin, pl.LightningModule):
     """Base of geomol's tasks: one ``_step(batch, stage)`` serves training, validation and test, and the
-    optimizer comes from the ``optimizer``/``scheduler`` hyper-parameters. Checkpoints name the class."""
+    optimizer comes from the arguments below. Checkpoints name the class.
+
+    A task takes these as keyword arguments (``**optimization``), passes them here, and calls
+    :meth:`save_hyperparameters` once its own arguments hold what the checkpoint should store.
+
+    Args:
+        optimizer: partial optimizer config (``_partial_: true``), called with the parameters; default
+            Adam, lr 1e-3.
+        scheduler: partial LR-scheduler config called with the optimizer, or None.
+        scheduler_interval: ``"epoch"`` or ``"step"``: when the scheduler steps.
+        monitor: metric a plateau scheduler watches (and checkpointing).
+    """
+
+    def __init__(
+        self,
+        optimizer: Mapping | None = None,
+        scheduler: Mapping | None = None,
+        scheduler_interval: str = "epoch",
+        monitor: str = "val/loss",
+    ) -> None:
+        super().__init__()
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+        # Plain containers in the hyper-parameters: torch.load(weights_only=True) refuses DictConfig.
+        self._optimization = {
+            "optimizer": plain_config(optimizer),
+            "scheduler": plain_config(scheduler),
+            "scheduler_interval": scheduler_interval,
+            "monitor": monitor,
+        }
+
+    def save_hyperparameters(self, *args, ignore=None, frame=None, logger: bool = True) -> None:
+        """Lightning's ``save_hyperparameters()``: the calling ``__init__``'s arguments as its local variables
+        hold them now, followed by the optimization arguments as :class:`GeomolTask` holds them (plain
+        dicts, defaults filled in), so ``Task.load_from_checkpoint(path)`` needs nothing else."""
+        frame = frame or inspect.currentframe().f_back
+        ignore = [ignore] if isinstance(ignore, str) else list(ignore or ())
+        super().save_hyperparameters(*args, ignore=[*ignore, *OPTIMIZATION_ARGS], frame=frame, logger=logger)
+        super().save_hyperparameters(self._optimization, frame=frame, logger=logger)
 
     def _step(self, batch, stage: str) -> Tensor:  # pragma: no cover - implemented by each task
         raise NotImplementedError

@@ -33,15 +33,15 @@ class GenerationTask(GeomolTask):
     Args:
         net: config of the vector field (``_target_`` plus arguments), built with
             ``num_properties=len(condition)``.
-        targets, units, mean, std: property names, units and their per-molecule statistics on the
-            training molecules (from the data module); only the conditioned ones are stored.
-        atom_counts: atom-count histograms (``geomol.data.generation.atom_count_statistics``).
+        targets, units, mean, std, atom_counts, ood_targets, test_quantiles: what the data module's
+            ``task_kwargs()`` gives (:class:`geomol.data.generation.GenerationStats`, passed as
+            ``**stats``): property names, units and their per-molecule statistics on the training
+            molecules, the atom-count histograms (``geomol.data.generation.atom_count_statistics``), the
+            out-of-distribution value of each property (``condition={"gap": "ood"}`` samples at it) and
+            equally spaced quantiles of its test-split distribution (``condition={"gap": "sample"}``
+            draws one value per molecule from it, the protocol). Only the conditioned properties are stored.
         target_columns: column of ``batch.y`` holding each target (default: ``y`` has exactly
             ``targets``, in order).
-        ood_targets: out-of-distribution value of each target (99th percentile of the training
-            molecules); ``condition={"gap": "ood"}`` samples at it.
-        test_quantiles: per target, equally spaced quantiles of its test-split distribution;
-            ``condition={"gap": "sample"}`` draws one value per molecule from it (the protocol).
         condition: property names to condition on; empty: unconditional generation.
         flow: keyword arguments of :class:`~geomol.flows.molecule.MolecularFlow` (schedules, prior
             std, alignment).
@@ -49,7 +49,8 @@ class GenerationTask(GeomolTask):
         sampling: default ``steps``, ``eta``, ``temperature``, ``batch_size`` of :meth:`sample`.
         val_molecules: molecules sampled for the validation metrics (0: never sample).
         sample_every_n_epochs: sample and score molecules every this many validation epochs.
-        optimizer, scheduler, scheduler_interval, monitor: as in :class:`geomol.tasks.PropertyTask`.
+        **optimization: ``optimizer``, ``scheduler``, ``scheduler_interval``, ``monitor``
+            (:class:`~geomol.tasks.base.GeomolTask`).
     """
 
     def __init__(
@@ -69,12 +70,9 @@ class GenerationTask(GeomolTask):
         sampling: Mapping | None = None,
         val_molecules: int = 32,
         sample_every_n_epochs: int = 10,
-        optimizer: Mapping | None = None,
-        scheduler: Mapping | None = None,
-        scheduler_interval: str = "epoch",
-        monitor: str = "val/loss",
+        **optimization,
     ) -> None:
-        super().__init__()
+        super().__init__(**optimization)
         condition = list(plain_config(condition) or [])
         if not (len(targets) == len(units) == len(mean) == len(std)):
             raise ValueError("targets, units, mean and std must have the same length")
@@ -83,9 +81,9 @@ class GenerationTask(GeomolTask):
             raise ValueError(f"cannot condition on {unknown}: the data provides {', '.join(targets)}")
         if len(set(condition)) != len(condition):
             raise ValueError(f"a property is listed twice in condition={condition}")
-        weights = {**DEFAULT_LOSS_WEIGHTS, **(plain_config(loss_weights) or {})}
-        if set(weights) != set(MODALITIES):
-            raise ValueError(f"loss_weights takes the keys x, a, c, e; got {sorted(weights)}")
+        loss_weights = {**DEFAULT_LOSS_WEIGHTS, **(plain_config(loss_weights) or {})}
+        if set(loss_weights) != set(MODALITIES):
+            raise ValueError(f"loss_weights takes the keys x, a, c, e; got {sorted(loss_weights)}")
         sampling = {**DEFAULT_SAMPLING, **(plain_config(sampling) or {})}
         atom_counts = plain_config(atom_counts)
         keep = [list(targets).index(name) for name in condition]
@@ -94,34 +92,17 @@ class GenerationTask(GeomolTask):
             raise ValueError(f"target_columns has {len(columns)} entries for {len(targets)} targets")
         given = atom_counts.get("given_property") or {}
         # Only the conditioned properties go into the checkpoint.
-        self.save_hyperparameters(
-            {
-                "net": plain_config(net),
-                "targets": [targets[k] for k in keep],
-                "units": [units[k] for k in keep],
-                "mean": [float(mean[k]) for k in keep],
-                "std": [float(std[k]) for k in keep],
-                "target_columns": [int(columns[k]) for k in keep],
-                "ood_targets": None if ood_targets is None else [float(ood_targets[k]) for k in keep],
-                "test_quantiles": None
-                if test_quantiles is None
-                else [[float(v) for v in test_quantiles[k]] for k in keep],
-                "atom_counts": {
-                    "counts": list(atom_counts["counts"]),
-                    "given_property": {name: given[name] for name in condition if name in given},
-                },
-                "condition": condition,
-                "flow": plain_config(flow) or {},
-                "loss_weights": weights,
-                "sampling": sampling,
-                "val_molecules": val_molecules,
-                "sample_every_n_epochs": sample_every_n_epochs,
-                "optimizer": plain_config(optimizer),
-                "scheduler": plain_config(scheduler),
-                "scheduler_interval": scheduler_interval,
-                "monitor": monitor,
-            }
-        )
+        net, flow = plain_config(net), plain_config(flow) or {}
+        targets, units = [targets[k] for k in keep], [units[k] for k in keep]
+        mean, std = [float(mean[k]) for k in keep], [float(std[k]) for k in keep]
+        target_columns = [int(columns[k]) for k in keep]
+        ood_targets = None if ood_targets is None else [float(ood_targets[k]) for k in keep]
+        test_quantiles = None if test_quantiles is None else [[float(v) for v in test_quantiles[k]] for k in keep]
+        atom_counts = {
+            "counts": list(atom_counts["counts"]),
+            "given_property": {name: given[name] for name in condition if name in given},
+        }
+        self.save_hyperparameters()
         self.net = build_network(self.hparams.net, num_properties=len(condition))
         for attr in ("num_atom_types", "num_charges", "num_bond_types"):
             if not hasattr(self.net, attr):

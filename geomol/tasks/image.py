@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
-from .base import GeomolTask, build_network, plain_config
+from .base import OPTIMIZATION_ARGS, GeomolTask, build_network, plain_config
 
 __all__ = ["ImageTask"]
 
@@ -35,32 +35,19 @@ class ImageTask(GeomolTask):
     Args:
         net: config of the network (``_target_`` plus arguments), e.g. ``geomol.models.affine_cnn.AffineCNN``.
         num_classes: number of classes (the data module's ``task_kwargs()`` gives it).
-        optimizer: partial optimizer config (``_partial_: true``), called with the parameters.
-        scheduler: partial LR-scheduler config called with the optimizer, or None.
-        scheduler_interval: ``"epoch"`` or ``"step"``.
-        monitor: metric a plateau scheduler watches.
         label_smoothing: cross-entropy label smoothing.
-        **net_settings: short top-level handles of the model config (AffineCNN's ``group`` and
-            ``num_samples``, so that ``model.group=gl2`` works) that the config interpolates into
-            ``net``; each must equal an entry of the same name in ``net`` or one of its nodes (``num_samples``
-            is ``net.sampler.num_samples``), which catches a handle that is not wired into the network.
+        **settings: ``optimizer``, ``scheduler``, ``scheduler_interval``, ``monitor``
+            (:class:`~geomol.tasks.base.GeomolTask`), and short top-level handles of the model config
+            (AffineCNN's ``group`` and ``num_samples``, so that ``model.group=gl2`` works) that the config
+            interpolates into ``net``; each handle must equal an entry of the same name in ``net`` or one of
+            its nodes (``num_samples`` is ``net.sampler.num_samples``), which catches a handle that is not
+            wired into the network.
     """
 
-    def __init__(
-        self,
-        net: dict,
-        num_classes: int,
-        optimizer: dict,
-        scheduler: dict | None = None,
-        scheduler_interval: str = "epoch",
-        monitor: str = "val/loss",
-        label_smoothing: float = 0.0,
-        **net_settings: Any,
-    ) -> None:
-        super().__init__()
-        # Plain containers in the hyper-parameters: torch.load(weights_only=True) refuses DictConfig.
-        net, optimizer, scheduler = (plain_config(c) for c in (net, optimizer, scheduler))
-        for key, value in net_settings.items():
+    def __init__(self, net: dict, num_classes: int, label_smoothing: float = 0.0, **settings: Any) -> None:
+        super().__init__(**{key: settings.pop(key) for key in OPTIMIZATION_ARGS if key in settings})
+        net = plain_config(net)
+        for key, value in settings.items():
             found = _entries(net, key)
             if value not in found.values():
                 listed = (
@@ -72,8 +59,6 @@ class ImageTask(GeomolTask):
                 )
         if num_classes < 2:
             raise ValueError(f"classification needs at least 2 classes, got num_classes={num_classes}")
-        if scheduler_interval not in ("epoch", "step"):
-            raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
         self.save_hyperparameters()
         self.net = build_network(net, num_classes=num_classes)
         # Keys must not shadow nn.Module attributes such as ``train``.

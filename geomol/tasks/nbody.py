@@ -20,30 +20,14 @@ class NBodyTask(GeomolTask):
 
     Args:
         net: config of the network (``_target_`` plus arguments).
-        optimizer: partial optimizer config (``_partial_: true``); default Adam, lr 1e-3.
-        scheduler: partial LR-scheduler config or None; ``scheduler_interval`` "epoch" or "step".
-        monitor: metric for ReduceLROnPlateau and checkpointing.
+        **optimization: ``optimizer``, ``scheduler``, ``scheduler_interval``, ``monitor``
+            (:class:`~geomol.tasks.base.GeomolTask`).
     """
 
-    def __init__(
-        self,
-        net: Mapping,
-        optimizer: Mapping | None = None,
-        scheduler: Mapping | None = None,
-        scheduler_interval: str = "epoch",
-        monitor: str = "val/loss",
-    ) -> None:
-        super().__init__()
-        net, optimizer, scheduler = (plain_config(c) for c in (net, optimizer, scheduler))
-        self.save_hyperparameters(
-            {
-                "net": net,
-                "optimizer": optimizer,
-                "scheduler": scheduler,
-                "scheduler_interval": scheduler_interval,
-                "monitor": monitor,
-            }
-        )
+    def __init__(self, net: Mapping, **optimization) -> None:
+        super().__init__(**optimization)
+        net = plain_config(net)
+        self.save_hyperparameters()
         self.net = build_network(net)
 
     def forward(self, pos: Tensor, vel: Tensor, charge: Tensor, batch: Tensor) -> Tensor:

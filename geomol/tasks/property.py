@@ -49,25 +49,24 @@ class PropertyTask(GeomolTask):
     Args:
         net: config of the network (``_target_`` plus arguments); built with
             ``out_channels=len(targets)``.
-        targets, units: target names and units (from the data module).
-        mean, std: standardization statistics of the training split.
-        extensive: per target, whether ``mean`` is per atom.
-        target_columns: columns of ``batch.y`` holding the targets (default: all).
-        elements: atomic numbers the model may see; others raise a ValueError.
-        forces: train on energies and forces (batch has ``energy`` and ``forces``).
+        targets, units, mean, std, extensive, target_columns, elements, forces, force_rms: what the data
+            module's ``task_kwargs()`` gives (:class:`geomol.data.TargetStats`, passed as ``**stats``):
+            target names and units, the training split's standardization statistics (``mean`` per atom
+            for ``extensive`` targets), the columns of ``batch.y`` holding the targets (default: all),
+            the atomic numbers the model may see (others raise a ValueError), whether to train on
+            energies and forces (batch has ``energy`` and ``forces``), and the RMS of the training
+            force components.
         energy_weight, force_weight: loss weights when ``forces``.
         energy_scale: with ``forces``, the unit energies and forces are standardized by: ``"std"`` (the
             training energies' standard deviation, geomol's default) or ``"force_rms"`` (the RMS of the
-            training force components, PONITA's ``main_md17.py``; the data module passes ``force_rms``).
+            training force components, PONITA's ``main_md17.py``).
             The loss is ``energy_weight·mean(ΔE²) + force_weight·mean(ΔF²)`` in that unit, so PONITA's
             ``E/500 + F`` is ``energy_weight=0.002, force_weight=1`` with ``"force_rms"``.
-        force_rms: RMS of the training force components (from the data module).
         test_rotations: average each test prediction (energy, forces rotated back) over this many random
             rotations of the molecule (PONITA's ``--repeats 5``; 1: a single prediction).
         loss: ``"l1"`` or ``"mse"`` for targets without forces (forces use MSE on both terms).
-        optimizer: partial optimizer config (``_partial_: true``).
-        scheduler: partial LR-scheduler config or None; ``scheduler_interval`` "epoch" or "step".
-        monitor: metric for ReduceLROnPlateau and checkpointing.
+        **optimization: ``optimizer``, ``scheduler``, ``scheduler_interval``, ``monitor``
+            (:class:`~geomol.tasks.base.GeomolTask`).
     """
 
     def __init__(
@@ -87,13 +86,9 @@ class PropertyTask(GeomolTask):
         energy_scale: str = "std",
         force_rms: float | None = None,
         test_rotations: int = 1,
-        optimizer: Mapping | None = None,
-        scheduler: Mapping | None = None,
-        scheduler_interval: str = "epoch",
-        monitor: str = "val/loss",
+        **optimization,
     ) -> None:
-        super().__init__()
-        net, optimizer, scheduler = plain_config(net), plain_config(optimizer), plain_config(scheduler)
+        super().__init__(**optimization)
         if energy_scale not in ("std", "force_rms"):
             raise ValueError(f"energy_scale must be 'std' or 'force_rms', got {energy_scale!r}")
         if energy_scale == "force_rms":
@@ -102,29 +97,14 @@ class PropertyTask(GeomolTask):
             std = [float(force_rms)]
         if isinstance(test_rotations, bool) or not isinstance(test_rotations, int) or test_rotations < 1:
             raise ValueError(f"test_rotations must be a whole number >= 1, got {test_rotations!r}")
-        self.save_hyperparameters(
-            {
-                "net": net,
-                "targets": list(targets),
-                "units": list(units),
-                "mean": list(mean),
-                "std": list(std),
-                "extensive": list(extensive) if extensive is not None else [False] * len(targets),
-                "target_columns": list(target_columns) if target_columns is not None else None,
-                "elements": list(elements) if elements is not None else None,
-                "forces": forces,
-                "energy_weight": energy_weight,
-                "force_weight": force_weight,
-                "loss": loss,
-                "energy_scale": energy_scale,
-                "force_rms": None if force_rms is None else float(force_rms),
-                "test_rotations": test_rotations,
-                "optimizer": optimizer,
-                "scheduler": scheduler,
-                "scheduler_interval": scheduler_interval,
-                "monitor": monitor,
-            }
-        )
+        # The stored forms of the arguments (plain lists and dicts).
+        net = plain_config(net)
+        targets, units, mean, std = list(targets), list(units), list(mean), list(std)
+        extensive = list(extensive) if extensive is not None else [False] * len(targets)
+        target_columns = list(target_columns) if target_columns is not None else None
+        elements = list(elements) if elements is not None else None
+        force_rms = None if force_rms is None else float(force_rms)
+        self.save_hyperparameters()
         if not (len(targets) == len(units) == len(mean) == len(std)):
             raise ValueError("targets, units, mean and std must have the same length")
         if loss not in ("l1", "mse"):
@@ -132,9 +112,9 @@ class PropertyTask(GeomolTask):
         if forces and len(targets) != 1:
             raise ValueError("force training needs exactly one (energy) target")
         self.net = build_network(net, out_channels=len(targets))
-        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float64), persistent=False)
-        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float64), persistent=False)
-        self.register_buffer("extensive", torch.tensor(self.hparams.extensive, dtype=torch.bool), persistent=False)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float64), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float64), persistent=False)
+        self.register_buffer("extensive", torch.tensor(extensive, dtype=torch.bool), persistent=False)
 
     # ------------------------------------------------------------------ prediction
     def _offset(self, batch_vec: Tensor, num_graphs: int, dtype: torch.dtype) -> Tensor:

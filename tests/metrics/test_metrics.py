@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from geomol.data.chem import mol_from_graph
-from geomol.metrics.properties import ood_target, predict_properties, property_mae
+from geomol.data.generation import ood_target
+from geomol.metrics.properties import predict_properties, property_mae
 from geomol.metrics.stability import molecule_stability, stability
 from geomol.metrics.summary import molecule_metrics
 from geomol.metrics.validity import canonical_smiles, closed_shell, uniqueness, validity

@@ -82,11 +82,20 @@ def test_energy_and_force_loss_drops_on_rmd17_aspirin():
 
 
 def test_bad_input():
-    model = GauntNet(channels=4, lmax=1, num_layers=1, max_z=9)
-    with pytest.raises(ValueError, match="max_z"):
+    model = GauntNet(channels=4, lmax=1, num_layers=1, num_elements=10)
+    with pytest.raises(ValueError, match="num_elements"):
         model(torch.tensor([1, 10]), torch.randn(2, 3), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="readout"):
         GauntNet(readout="max")
+
+
+def test_max_z_is_the_deprecated_num_elements():
+    """Configs stored before ``num_elements`` name ``max_z`` (pretrained/gaunt_rmd17_ethanol_cpu): same network."""
+    with pytest.warns(DeprecationWarning, match="num_elements"):
+        old = GauntNet(channels=4, lmax=1, num_layers=1, max_z=9)
+    new = GauntNet(channels=4, lmax=1, num_layers=1, num_elements=10)
+    assert old.num_elements == 10 and old.embedding.num_embeddings == 10
+    assert [p.shape for p in old.parameters()] == [p.shape for p in new.parameters()]
 
 
 def test_compiled_model_equals_eager(generator):

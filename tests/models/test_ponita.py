@@ -150,8 +150,8 @@ def test_bad_configurations_raise():
         PonitaDynamics(num_ori=0)
     with pytest.raises(ValueError, match="complete_invariants"):
         Ponita(1, num_ori=8, complete_invariants=True)
-    with pytest.raises(ValueError, match="reduce"):
-        Ponita(1, reduce="max")
+    with pytest.raises(ValueError, match="readout"):
+        Ponita(1, readout="max")
     model = Ponita(1, num_ori=0, num_elements=10, **SMALL)
     with pytest.raises(ValueError, match="atomic numbers"):
         model(torch.tensor([6, 12]), torch.randn(2, 3), torch.zeros(2, dtype=torch.long))
