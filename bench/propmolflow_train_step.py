@@ -1,14 +1,21 @@
 """PropMolFlow training speed on the CPU: molecules per second of a full training step (flow corruption,
-vector field, four losses, backward, Adam), fp32 against bf16 autocast, side by side in one run.
+vector field, four losses, backward, Adam), before vs after and fp32 against bf16 autocast, side by side.
 
 Batches are real QM9 molecules with bonds (the 400-molecule fixture, batch 64 by default, about 18 atoms
-and 300 directed edges per molecule). Sizes: the shipped CPU checkpoint's (64 scalars, 8 vectors, 32 edge
-features, 4 updates), the mid size (128/16/64, 5 updates) and the paper's (256/16/128, 8 updates).
-Modes: ``fp32`` (geomol's default, "before"), ``bf16`` (``trainer.precision=bf16-mixed``: matrix
-products in bfloat16, weights, losses and optimizer in float32), ``compile`` (``torch.compile`` of
-the vector field, compile time reported separately) and ``compile-bf16`` (both).
+and 300 directed edges per molecule). Sizes: ``small``, the 0.23 M checkpoint ``propmolflow_qm9_gap_cpu``
+(64 scalars, 8 vectors, 32 edge features, 4 updates), ``shipped``, the 1.05 M ``propmolflow_qm9_gap_mid_cpu``
+(128/16/64, 5 updates), and ``paper`` (256/16/128, 8 updates).
+Versions: ``before`` is geomol's field and GVP layers as of commit ``BEFORE`` (``git show``, bench/before.py;
+skipped outside a git checkout), ``after`` today's, from the same initial weights. Both first run with
+glibc's default malloc settings, then (``+malloc``) after :func:`geomol.devices.reuse_freed_memory`, which
+today's training step applies by itself on the CPU: ``after +malloc`` is what ``train.py`` runs now.
+Before the timings, one batch's loss and gradients are compared between the versions (same weights, same
+noise).
+Modes: ``fp32`` (geomol's default), ``bf16`` (``trainer.precision=bf16-mixed``: matrix products in bfloat16,
+weights, losses and optimizer in float32; emulated, very slow, on CPUs without AVX512-BF16), ``compile``
+(``torch.compile`` of the vector field, compile time reported separately) and ``compile-bf16`` (both).
 
-    python bench/propmolflow_train_step.py                       # 1 thread, fp32 and bf16, three sizes
+    python bench/propmolflow_train_step.py                       # 1 thread, fp32, three sizes
     python bench/propmolflow_train_step.py --threads 2 --modes fp32 bf16 compile --sizes shipped
 
 Run it on a quiet machine (pause training jobs); it prints the CPU model and ISA it ran on.
@@ -17,32 +24,40 @@ Run it on a quiet machine (pause training jobs); it prints the CPU model and ISA
 from __future__ import annotations
 
 import argparse
+import copy
+import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
+import before  # bench/before.py
 import torch
 from machine import cpu_description  # bench/machine.py (bench/ is on sys.path when a script runs)
 
 from geomol.data.generation import QM9GenerationDataModule
+from geomol.devices import reuse_freed_memory
 from geomol.tasks.generation import GenerationTask
 
 FIXTURE = Path(__file__).parents[1] / "tests" / "fixtures" / "qm9"
+# geomol before issue #15's CPU work on the field and GVP layers (the "before" rows).
+BEFORE = "3a2d3f47ea02652a959b889c4dc93f9b03bb05f8"
+BEFORE_MODULES = ("geomol.nn.gvp", "geomol.models.propmolflow")
 SIZES = {
-    "shipped": dict(
+    "small": dict(
         scalars=64, vectors=8, edge_features=32, n_updates=4, n_message_gvps=2, n_update_gvps=2, rbf_dim=16
     ),
-    "mid": dict(scalars=128, vectors=16, edge_features=64, n_updates=5, n_message_gvps=2, n_update_gvps=2, rbf_dim=16),
+    "shipped": dict(
+        scalars=128, vectors=16, edge_features=64, n_updates=5, n_message_gvps=2, n_update_gvps=2, rbf_dim=16
+    ),
     "paper": dict(scalars=256, vectors=16, edge_features=128, n_updates=8),
 }
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", default=["shipped", "mid", "paper"], choices=list(SIZES))
-    parser.add_argument(
-        "--modes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "compile", "compile-bf16"]
-    )
+    parser.add_argument("--sizes", nargs="+", default=["small", "shipped", "paper"], choices=list(SIZES))
+    parser.add_argument("--modes", nargs="+", default=["fp32"], choices=["fp32", "bf16", "compile", "compile-bf16"])
+    parser.add_argument("--versions", nargs="+", default=["before", "after"], choices=["before", "after"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=8, help="timed steps per row (median reported)")
@@ -50,9 +65,38 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def build_task(size: str, kwargs: dict, version: str, old) -> GenerationTask:
+    """A fresh task with seed-0 initial weights; for ``before`` its field is commit BEFORE's with those weights."""
+    torch.manual_seed(0)
+    task = GenerationTask(net={"_target_": "geomol.models.propmolflow.PropMolFlow", **SIZES[size]}, condition=["gap"],
+                          val_molecules=0, **kwargs)  # fmt: skip
+    if version == "before":
+        field = old["geomol.models.propmolflow"].PropMolFlow(**SIZES[size], num_properties=1)
+        field.load_state_dict(task.net.state_dict())
+        task.net = field
+    return task.train()
+
+
+def gradient_check(size: str, kwargs: dict, old, batch) -> str:
+    """Loss and gradients of both versions on one batch, same weights and same noise."""
+    results = []
+    for version in ("before", "after"):
+        task = build_task(size, kwargs, version, old)
+        torch.manual_seed(1)
+        loss = task._losses(batch)["loss"]
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in task.named_parameters()}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    worst = max(float((grads_a[n] - grads_b[n]).abs().max()) for n in grads_a)
+    largest = max(float(g.abs().max()) for g in grads_a.values())
+    return (f"loss before {float(loss_a):.6f}, after {float(loss_b):.6f}; largest gradient difference {worst:.1e} "
+            f"(largest gradient entry {largest:.1e})")  # fmt: skip
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
+    os.environ["GEOMOL_MALLOC_TUNING"] = "0"  # the first rows run with glibc's default malloc settings
     dm = QM9GenerationDataModule(root=args.data_root, source=FIXTURE, batch_size=args.batch_size, train_half=None)
     kwargs = dm.task_kwargs()
     loader = dm.train_dataloader()
@@ -60,48 +104,56 @@ def main() -> None:
     while len(batches) < args.steps + 2:
         batches += batches[: args.steps + 2 - len(batches)]
     mols = sum(b.num_graphs for b in batches[2:]) / args.steps
+    old = before.load(BEFORE, *BEFORE_MODULES) if "before" in args.versions else None
+    versions = [v for v in args.versions if v == "after" or old is not None]
     print(f"{cpu_description()}; {args.threads} thread(s); batch {args.batch_size} QM9 molecules "
           f"({sum(b.num_nodes for b in batches) / sum(b.num_graphs for b in batches):.1f} atoms on average)")  # fmt: skip
-    print(f"{'size':<8s} {'params':>8s} {'mode':<8s} {'ms/step':>8s} {'mol/s':>8s} {'vs fp32':>8s}  note")
+    if "before" in args.versions and old is None:
+        print(f"no 'before' rows: commit {BEFORE[:10]} is not readable here (git checkout needed)")
+    plan = [(v, "") for v in versions] + [(v, " +malloc") for v in versions]
+    rows = []
     for size in args.sizes:
-        base = None
+        if old is not None and "after" in versions:
+            print(f"{size}: {gradient_check(size, kwargs, old, batches[0])}", flush=True)
         for mode in args.modes:
-            torch.manual_seed(0)
-            net = {"_target_": "geomol.models.propmolflow.PropMolFlow", **SIZES[size]}
-            task = GenerationTask(net=net, condition=["gap"], val_molecules=0, **kwargs)
-            task.train()
-            opt = torch.optim.Adam(task.parameters(), lr=1e-4)
-            note = ""
-            if mode.startswith("compile"):
-                start = time.perf_counter()
-                task.net = torch.compile(task.net, dynamic=True)
-            bf16 = mode.endswith("bf16")
-            context = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+            for version, malloc in plan:
+                if malloc and os.environ.get("GEOMOL_MALLOC_TUNING") == "0":
+                    del os.environ["GEOMOL_MALLOC_TUNING"]
+                    reuse_freed_memory.cache_clear()
+                    reuse_freed_memory()
+                task = build_task(size, kwargs, version, old)
+                opt = torch.optim.Adam(task.parameters(), lr=1e-4)
+                note = ""
+                if mode.startswith("compile"):
+                    start = time.perf_counter()
+                    task.net = torch.compile(task.net, dynamic=True)
+                bf16 = mode.endswith("bf16")
+                context = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
 
-            def step(batch, task=task, opt=opt, context=context):
-                with context:
-                    loss = task._losses(batch)["loss"]
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+                def step(batch, task=task, opt=opt, context=context):
+                    with context:
+                        loss = task._losses(batch)["loss"]
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
 
-            for batch in batches[:2]:  # warm-up (and compilation)
-                step(batch)
-            if mode.startswith("compile"):
-                note = f"compile + 2 warm-up steps {time.perf_counter() - start:.0f} s"
-            times = []
-            for batch in batches[2:]:
-                start = time.perf_counter()
-                step(batch)
-                times.append(time.perf_counter() - start)
-            median = sorted(times)[len(times) // 2]
-            rate = mols / median
-            base = rate if mode == "fp32" or base is None else base
-            params = sum(p.numel() for p in task.parameters()) / 1e6
-            print(
-                f"{size:<8s} {params:7.2f}M {mode:<8s} {median * 1e3:8.0f} {rate:8.1f} {rate / base:8.2f}  {note}",
-                flush=True,
-            )
+                for batch in batches[:2]:  # warm-up (and compilation)
+                    step(batch)
+                if mode.startswith("compile"):
+                    note = f"compile + 2 warm-up steps {time.perf_counter() - start:.0f} s"
+                times = []
+                for batch in copy.copy(batches[2:]):
+                    start = time.perf_counter()
+                    step(batch)
+                    times.append(time.perf_counter() - start)
+                median = sorted(times)[len(times) // 2]
+                params = sum(p.numel() for p in task.parameters()) / 1e6
+                rows.append((size, params, mode, version + malloc, median, mols / median, note))
+    print(f"{'size':<8s} {'params':>8s} {'mode':<8s} {'version':<16s} {'ms/step':>8s} {'mol/s':>8s} {'vs first':>8s}  note")
+    first = {}
+    for size, params, mode, version, median, rate, note in rows:
+        base = first.setdefault(size, rate)
+        print(f"{size:<8s} {params:7.2f}M {mode:<8s} {version:<16s} {median * 1e3:8.0f} {rate:8.1f} {rate / base:8.2f}  {note}")
 
 
 if __name__ == "__main__":

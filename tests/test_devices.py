@@ -38,3 +38,15 @@ def test_no_warning_where_bf16_is_native(monkeypatch, recwarn):
         pass
     check_train_config(OmegaConf.create({"seed": 0, "trainer": {"precision": "bf16-mixed"}}))
     assert not [w for w in recwarn if "bf16" in str(w.message)]
+
+
+def test_reuse_freed_memory_applies_once_and_can_be_turned_off(monkeypatch):
+    from geomol.devices import reuse_freed_memory
+
+    monkeypatch.setenv("GEOMOL_MALLOC_TUNING", "0")
+    reuse_freed_memory.cache_clear()
+    assert reuse_freed_memory() is False
+    monkeypatch.delenv("GEOMOL_MALLOC_TUNING")
+    reuse_freed_memory.cache_clear()
+    applied = reuse_freed_memory()
+    assert isinstance(applied, bool) and reuse_freed_memory() is applied  # cached: one call per process

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torch_geometric.utils import scatter
 
-from geomol.devices import warn_slow_bf16
+from geomol.devices import reuse_freed_memory, warn_slow_bf16
 from geomol.flows.bonds import upper_pairs
 from geomol.flows.interpolants import position_step
 from geomol.flows.molecule import MolecularFlow, MoleculeState
@@ -140,6 +140,8 @@ def euler_sample(
         raise ValueError("n_atoms must be a non-empty 1-D list of positive atom counts")
     param = next(field.parameters())
     device, dtype = param.device, param.dtype
+    if device.type == "cpu":
+        reuse_freed_memory()  # the same big tensors every step: no page faults on fresh memory
     batch = torch.repeat_interleave(torch.arange(n_atoms.numel(), device=device), n_atoms.to(device))
     pairs = upper_pairs(batch)
     num_graphs = n_atoms.numel()

@@ -125,9 +125,13 @@ class PropMolFlow(nn.Module):
         self.node_head = _head(scalars, num_atom_types + num_charges)
         self.bond_head = _head(edge_features, num_bond_types)
 
-    def _geometry(self, pos: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
-        vec, dist = edge_vectors(pos, edge_index)
-        return vec / (dist.unsqueeze(-1) + 1e-8), self.rbf(dist)
+    def _geometry(self, pos: Tensor, pairs: Tensor) -> tuple[Tensor, Tensor]:
+        """Unit vectors ``[2P, 3]`` and distance expansions ``[2P, rbf_dim]`` of the edges of
+        :func:`~geomol.flows.bonds.pair_edge_index`, computed once per pair: edge ``k + P`` is edge ``k``
+        reversed, its unit vector exactly the negated one, its distance the same."""
+        vec, dist = edge_vectors(pos, pairs)
+        unit, rbf = vec / (dist.unsqueeze(-1) + 1e-8), self.rbf(dist)
+        return torch.cat([unit, -unit]), torch.cat([rbf, rbf])
 
     def forward(self, state: MoleculeState, condition: Tensor | None = None) -> FieldOutput:
         """Predict the clean molecule from the noisy ``state`` (which must carry pairs, batch and t),
@@ -157,11 +161,11 @@ class PropMolFlow(nn.Module):
         edge_index = pair_edge_index(pairs)
         e = self.edge_embedding(F.one_hot(bond_type, self.num_bond_types + 1).to(pos.dtype)).repeat(2, 1)  # [2P, F]
         v = pos.new_zeros(pos.size(0), 3, self.vectors)
-        unit, rbf = self._geometry(pos, edge_index)
+        unit, rbf = self._geometry(pos, pairs)
         for conv, move, refresh in zip(self.convs, self.position_updates, self.edge_updates):
             h, v = conv(h, v, edge_index, unit, rbf, e)
             pos = move(h, pos, v)
-            unit, rbf = self._geometry(pos, edge_index)
+            unit, rbf = self._geometry(pos, pairs)
             e = refresh(h, edge_index, e, rbf)
         # The flow lives in the zero-centroid subspace: remove the drift of the position updates.
         pos = pos - scatter(pos, batch, 0, dim_size=num_graphs, reduce="mean")[batch]

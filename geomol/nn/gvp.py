@@ -12,6 +12,11 @@ reflection of the input does not reflect the output.
 
 Vector features are stored ``[N, 3, C]`` (Cartesian component, then channel): a channel mix is then
 one matrix product ``V @ W.T`` over all nodes, several times faster than with channels first.
+
+On complete molecular graphs the edges outnumber the nodes about twentyfold, so the convolution does
+per node whatever is linear in a node's features and gathers the result to the edges
+(``index_select``, several times faster than ``x[index]`` on the CPU, forward and backward); the
+outputs are those of the per-edge equations up to float rounding.
 """
 
 from __future__ import annotations
@@ -21,9 +26,13 @@ import math
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torch_geometric.utils import scatter
 
-__all__ = ["GVP", "GVPLayerNorm", "GVPConv", "GVPPositionUpdate", "GVPEdgeUpdate", "vector_norm"]
+__all__ = ["GVP", "GVPLayerNorm", "GVPConv", "GVPPositionUpdate", "GVPEdgeUpdate", "vector_norm", "EDGE_BLOCK"]
+
+# Edges per block of the per-edge work of GVPConv and GVPEdgeUpdate: a block's intermediates stay in the
+# CPU's caches (on the complete graphs of 64 QM9 molecules one [E, 128] tensor is 10 MB). A speed setting
+# only: every block size gives the same outputs.
+EDGE_BLOCK = 4096
 
 
 def vector_norm(v: Tensor, eps: float = 1e-8) -> Tensor:
@@ -32,7 +41,8 @@ def vector_norm(v: Tensor, eps: float = 1e-8) -> Tensor:
     Shapes:
         v ``[N, 3, C]`` -> ``[N, C]``
     """
-    return v.pow(2).sum(-2).clamp_min(eps).sqrt()
+    x, y, z = v.square().unbind(-2)
+    return (x + y + z).clamp_min(eps).sqrt()  # 3x faster than .sum(-2) over the strided axis, same sums
 
 
 def _channel_mix(in_channels: int, out_channels: int) -> nn.Parameter:
@@ -99,13 +109,35 @@ class GVP(nn.Module):
                 f"GVP expects scalars [N, {self.in_scalars}] and vectors [N, 3, {self.in_vectors}], "
                 f"got {tuple(s.shape)} and {tuple(v.shape)}"
             )
-        v_h = F.linear(v, self.w_h)  # [N, 3, hidden]
-        if self.w_cp is not None:
-            left, right = F.linear(v, self.w_cp).split(self.n_cp_feats, dim=-1)  # [N, 3, n_cp] each
-            v_h = torch.cat([v_h, torch.linalg.cross(left, right, dim=-2)], dim=-1)
-        s_out = self.scalar_out(torch.cat([s, vector_norm(v_h)], dim=-1))
         if pre_activation is not None:
-            s_out = s_out + pre_activation
+            pre_activation = pre_activation + self.scalar_out.bias
+        return self.from_mixed((s,), F.linear(v, self.vector_weight), pre_activation)
+
+    @property
+    def vector_weight(self) -> Tensor:
+        """``[W_h; W_a; W_b]`` ``[hidden + 2 n_cp_feats, C]``: every linear map of the input vectors, one product."""
+        return self.w_h if self.w_cp is None else torch.cat([self.w_h, self.w_cp])
+
+    def from_mixed(
+        self, scalars: tuple[Tensor, ...], mixed: Tensor, pre_activation: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The GVP from its input vectors already mixed, ``mixed = V @ vector_weight.T`` ``[N, 3, hidden + 2 n_cp]``,
+        and its input scalars in pieces ``scalars`` (concatenated along the channels, ``S`` in all).
+
+        ``pre_activation [N, out_scalars]``, when given, *replaces* the bias ``b_m``: the bias plus the part of
+        ``W_m`` applied to further scalar inputs elsewhere (see :class:`GVPConv`); it is accumulated into the
+        matrix product (``addmm``) rather than added after it.
+        """
+        hidden = self.w_h.size(0)
+        v_h = mixed
+        if self.w_cp is not None:
+            left, right = mixed[..., hidden:].split(self.n_cp_feats, dim=-1)  # [N, 3, n_cp] each
+            v_h = torch.cat([mixed[..., :hidden], torch.linalg.cross(left, right, dim=-2)], dim=-1)
+        features = torch.cat([*scalars, vector_norm(v_h)], dim=-1)
+        if pre_activation is None:
+            s_out = self.scalar_out(features)
+        else:
+            s_out = torch.addmm(pre_activation, features, self.scalar_out.weight.t())
         s_out = self.scalar_activation(s_out)
         v_out = self.vector_activation(self.gate(s_out)).unsqueeze(-2) * F.linear(v_h, self.w_u)  # [N, 3, out]
         return s_out, v_out
@@ -154,6 +186,16 @@ def _gvp_stack(
     )
 
 
+def _gather(x: Tensor, index: Tensor) -> Tensor:
+    """``x[index]`` along the first axis via ``index_select`` (its backward is ``index_add_``, while
+    ``x[index]``'s is an accumulating ``index_put_``; both directions are several times faster).
+
+    Shapes:
+        x ``[N, *]``, index ``[E]`` -> ``[E, *]``
+    """
+    return x.flatten(1).index_select(0, index).view(index.numel(), *x.shape[1:])
+
+
 def _run(stack: nn.ModuleList, s: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     for gvp in stack:
         s, v = gvp(s, v)
@@ -175,9 +217,13 @@ class GVPConv(nn.Module):
     than a degree, as in FlowMol, so that the scale does not depend on the graph), then
     ``h ← LN(h + m)`` and ``h ← LN(h + GVP_u(h))``.
 
-    The sender's share ``W_s s_j`` of the first message GVP's linear map is computed once per node and
-    gathered to the edges (the same function as the linear map of the concatenation, with about a
-    third fewer FLOPs on complete graphs).
+    The sender's shares of the first message GVP's linear maps, ``W_s s_j`` of its scalar map and
+    ``W_h V_j``, ``W_a V_j``, ``W_b V_j`` of its vector maps, are computed once per node and gathered to
+    the edges, where only the unit vector's column is added (the same function as the linear maps
+    of the concatenations, with about a third fewer FLOPs and no per-edge copies of ``V_j``).
+
+    Messages are computed in blocks of :data:`EDGE_BLOCK` edges, whose intermediates stay in the CPU's
+    caches; the sums are the same, the edges being added in order.
 
     Args:
         scalars: node scalar channels.
@@ -226,19 +272,25 @@ class GVPConv(nn.Module):
         edge_attr: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         src, dst = edge_index
-        scalar_in = rbf
-        if self.edge_features > 0:
-            if edge_attr is None:
-                raise ValueError(f"GVPConv was built with {self.edge_features} edge features but got edge_attr=None")
-            scalar_in = torch.cat([rbf, edge_attr], dim=-1)
+        if self.edge_features > 0 and edge_attr is None:
+            raise ValueError(f"GVPConv was built with {self.edge_features} edge features but got edge_attr=None")
         first, *rest = self.message
-        m_s, m_v = first(scalar_in, torch.cat([unit.unsqueeze(-1), v[src]], dim=-1), self.sender(s)[src])
-        m_s, m_v = _run(rest, m_s, m_v)
-        n = s.size(0)
-        s, v = self.message_norm_layer(
-            s + scatter(m_s, dst, 0, dim_size=n, reduce="sum") / self.message_norm,
-            v + scatter(m_v, dst, 0, dim_size=n, reduce="sum") / self.message_norm,
-        )
+        # Vector input [unit ‖ V_j]: the V_j columns of every vector map per node, the unit column per edge.
+        weight = first.vector_weight  # [hidden + 2 n_cp, 1 + C]
+        sender_mixed = F.linear(v, weight[:, 1:])  # [N, 3, hidden + 2 n_cp]
+        sender_pre = F.linear(s, self.sender.weight, first.scalar_out.bias)  # [N, S], W_s s_j + b_m
+        sum_s, sum_v = torch.zeros_like(s), torch.zeros_like(v)
+        # split, not slices: under autograd a slice's backward writes into a zero tensor of the whole input
+        scalar_in = (rbf,) if self.edge_features == 0 else (rbf, edge_attr)
+        blocks = zip(*(x.split(EDGE_BLOCK) for x in (src, dst, unit, *scalar_in)))
+        for sources, targets, unit_block, *scalar_block in blocks:
+            mixed = torch.addcmul(_gather(sender_mixed, sources), unit_block.unsqueeze(-1), weight[:, 0])
+            m_s, m_v = first.from_mixed(tuple(scalar_block), mixed, _gather(sender_pre, sources))
+            m_s, m_v = _run(rest, m_s, m_v)
+            # edge by edge in order, as one scatter over all edges; in s's dtype under bf16 autocast
+            sum_s.index_add_(0, targets, m_s.to(s.dtype))
+            sum_v.index_add_(0, targets, m_v.to(v.dtype))
+        s, v = self.message_norm_layer(s + sum_s / self.message_norm, v + sum_v / self.message_norm)
         u_s, u_v = _run(self.update, s, v)
         return self.update_norm_layer(s + u_s, v + u_v)
 
@@ -269,7 +321,8 @@ class GVPEdgeUpdate(nn.Module):
     """Edge features refreshed from both end nodes and the distance (FlowMol, Eq. 15).
 
     ``e_ij ← LN(e_ij + MLP([s_j ‖ s_i ‖ e_ij ‖ rbf(d_ij)]))``; the node parts of the MLP's first
-    linear map are computed per node and gathered to the edges.
+    linear map (and its bias) are computed per node, gathered to the edges and accumulated into the
+    product of the edge part (``addmm``), in blocks of :data:`EDGE_BLOCK` edges.
 
     Shapes:
         s ``[N, S]``, edge_index ``[2, E]``, edge_attr ``[E, F]``, rbf ``[E, R]`` -> ``[E, F]``
@@ -285,5 +338,10 @@ class GVPEdgeUpdate(nn.Module):
 
     def forward(self, s: Tensor, edge_index: Tensor, edge_attr: Tensor, rbf: Tensor) -> Tensor:
         src, dst = edge_index
-        hidden = self.source(s)[src] + self.target(s)[dst] + self.edge(torch.cat([edge_attr, rbf], dim=-1))
-        return self.norm(edge_attr + self.out(hidden))
+        source, target = F.linear(s, self.source.weight, self.edge.bias), self.target(s)  # [N, F] each
+        blocks = []
+        for sources, targets, e, r in zip(*(x.split(EDGE_BLOCK) for x in (src, dst, edge_attr, rbf))):  # see EDGE_BLOCK
+            nodes = _gather(source, sources) + _gather(target, targets)
+            hidden = torch.addmm(nodes, torch.cat([e, r], dim=-1), self.edge.weight.t())
+            blocks.append(self.norm(e + self.out(hidden)))
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks)

@@ -15,6 +15,7 @@ from rdkit import Chem
 from torch import Tensor
 
 from geomol.data.chem import ATOMIC_NUMBERS, ELEMENTS
+from geomol.devices import reuse_freed_memory
 from geomol.flows.bonds import pair_bond_types, upper_pairs
 from geomol.flows.generator import DEFAULT_SAMPLING, MoleculeGenerator, available_memory
 from geomol.flows.molecule import CHARGES, MODALITIES, MolecularFlow, MoleculeState
@@ -144,6 +145,8 @@ class GenerationTask(GeomolTask):
         return (batch.y[:, self.hparams.target_columns] - self.prop_mean) / self.prop_std
 
     def _losses(self, batch) -> dict[str, Tensor]:
+        if batch.pos.device.type == "cpu":
+            reuse_freed_memory()  # the same big tensors every step: no page faults on fresh memory
         clean = self._clean_state(batch)
         t = torch.rand(batch.num_graphs, device=batch.pos.device, dtype=batch.pos.dtype)
         target, noisy = self.flow.corrupt(clean, clean.batch, clean.batch[clean.pairs[0]], t)

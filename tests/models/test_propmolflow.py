@@ -1,9 +1,16 @@
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
-from geomol.flows.bonds import upper_pairs
+from geomol.checkpoints import load_task
+from geomol.flows.bonds import pair_edge_index, upper_pairs
+from geomol.flows.generator import GENERATION_TASK
 from geomol.flows.molecule import MoleculeState
+from geomol.flows.sampler import euler_sample
 from geomol.models.propmolflow import PropMolFlow
+from geomol.nn.graph import edge_vectors
 from geomol.testing import assert_equivariant, assert_permutation_equivariant
 
 
@@ -98,3 +105,28 @@ def test_field_needs_the_graph_and_time_of_the_state(generator):
         _field()(state._replace(t=None))
     with pytest.raises(ValueError, match="pairs, batch missing"):
         _field()(MoleculeState(state.pos, state.atom_type, state.charge, state.bond_type, t=state.t))
+
+
+def test_geometry_once_per_pair_equals_every_edge():
+    field = PropMolFlow(scalars=8, vectors=2, edge_features=4, n_updates=1, rbf_dim=6).double()
+    batch = torch.tensor([0, 0, 0, 1, 1, 1, 1])
+    pairs = upper_pairs(batch)
+    pos = torch.randn(7, 3, dtype=torch.float64)
+    unit, rbf = field._geometry(pos, pairs)
+    vec, dist = edge_vectors(pos, pair_edge_index(pairs))
+    assert torch.equal(unit, vec / (dist.unsqueeze(-1) + 1e-8))  # bit for bit: negation and lengths are exact
+    assert torch.equal(rbf, field.rbf(dist))
+
+
+def test_shipped_checkpoint_samples_the_molecules_it_sampled_before():
+    # Molecules of propmolflow_qm9_gap_mid_cpu sampled by geomol before issue #15's CPU work (the fixture's
+    # "about"): the faster field and GVP layers draw the same tokens and positions up to float rounding.
+    reference = json.loads((Path(__file__).parents[1] / "fixtures" / "propmolflow_mid_before.json").read_text())
+    task = load_task("propmolflow_qm9_gap_mid_cpu", expected=GENERATION_TASK)
+    with torch.no_grad():
+        state, _, _ = euler_sample(task.net, task.flow, torch.tensor(reference["n_atoms"]),
+                                   torch.tensor(reference["condition"]), steps=reference["steps"], eta=10.0,
+                                   temperature=0.05, generator=torch.Generator().manual_seed(reference["seed"]))  # fmt: skip
+    for key in ("atom_type", "charge", "bond_type"):
+        assert getattr(state, key).tolist() == reference[key], key
+    torch.testing.assert_close(state.pos, torch.tensor(reference["pos"]), atol=1e-5, rtol=0)

@@ -111,3 +111,70 @@ def test_bad_shapes_raise():
         GVPConv(4, 2, edge_features=3, rbf_dim=2)(
             torch.randn(2, 4), torch.randn(2, 3, 2), torch.tensor([[0], [1]]), torch.randn(1, 3), torch.randn(1, 2)
         )
+
+
+def _reference_conv(conv, s, v, edge_index, unit, rbf, e):
+    """GVPConv as its equations read, edge by edge: every linear map on the per-edge concatenation."""
+    src, dst = edge_index
+    first, *rest = conv.message
+    sv = torch.cat([unit.unsqueeze(-1), v[src]], dim=-1)
+    v_h = torch.nn.functional.linear(sv, first.w_h)
+    left, right = torch.nn.functional.linear(sv, first.w_cp).split(first.n_cp_feats, dim=-1)
+    v_h = torch.cat([v_h, torch.linalg.cross(left, right, dim=-2)], dim=-1)
+    m_s = torch.nn.functional.silu(
+        first.scalar_out(torch.cat([rbf, e, v_h.norm(dim=-2)], dim=-1)) + conv.sender(s)[src]
+    )
+    m_v = torch.sigmoid(first.gate(m_s)).unsqueeze(-2) * torch.nn.functional.linear(v_h, first.w_u)
+    for gvp in rest:
+        m_s, m_v = gvp(m_s, m_v)
+    zeros = s.new_zeros
+    sum_s = zeros(s.shape).index_put_((dst,), m_s, accumulate=True)
+    sum_v = zeros(v.shape).index_put_((dst,), m_v, accumulate=True)
+    s, v = conv.message_norm_layer(s + sum_s / conv.message_norm, v + sum_v / conv.message_norm)
+    u_s, u_v = s, v
+    for gvp in conv.update:
+        u_s, u_v = gvp(u_s, u_v)
+    return conv.update_norm_layer(s + u_s, v + u_v)
+
+
+@pytest.mark.parametrize("block", [5, 1 << 20])
+def test_conv_and_edge_update_match_the_per_edge_equations(block, generator, monkeypatch):
+    # The per-node gathers, the addmm accumulation and the edge blocks (5: several blocks and a ragged
+    # last one) give the per-edge equations' outputs and gradients.
+    monkeypatch.setattr("geomol.nn.gvp.EDGE_BLOCK", block)
+    scalars, vectors, edge_features, rbf_dim = 6, 3, 4, 5
+    conv = GVPConv(scalars, vectors, edge_features, rbf_dim, n_cp_feats=2, message_norm=3.0).double()
+    refresh = GVPEdgeUpdate(scalars, edge_features, rbf_dim).double()
+    edge_index = full_graph(torch.tensor([0, 0, 0, 0, 1, 1, 1]))
+    num_edges = edge_index.size(1)
+
+    def inputs():
+        torch.manual_seed(0)
+        tensors = (torch.randn(7, scalars), torch.randn(7, 3, vectors), torch.randn(num_edges, 3),
+                   torch.randn(num_edges, rbf_dim), torch.randn(num_edges, edge_features))  # fmt: skip
+        return [x.double().requires_grad_() for x in tensors]
+
+    results = []
+    for fast in (True, False):
+        s, v, unit, rbf, e = inputs()
+        conv.zero_grad(), refresh.zero_grad()
+        if fast:
+            h, w = conv(s, v, edge_index, unit, rbf, e)
+            e_new = refresh(h, edge_index, e, rbf)
+        else:
+            h, w = _reference_conv(conv, s, v, edge_index, unit, rbf, e)
+            src, dst = edge_index
+            hidden = refresh.source(h)[src] + refresh.target(h)[dst] + refresh.edge(torch.cat([e, rbf], dim=-1))
+            e_new = refresh.norm(e + refresh.out(hidden))
+        (h.pow(2).sum() + w.sin().sum() + e_new.cos().sum()).backward()
+        grads = [x.grad for x in (s, v, unit, rbf, e)] + [p.grad for p in [*conv.parameters(), *refresh.parameters()]]
+        results.append(([h, w, e_new], grads))
+    (out_fast, grad_fast), (out_ref, grad_ref) = results
+    for a, b in zip(out_fast + grad_fast, out_ref + grad_ref):
+        torch.testing.assert_close(a, b)
+
+
+def test_vector_norm_is_the_clamped_length():
+    v = torch.randn(9, 3, 4, dtype=torch.float64)
+    v[0] = 0.0
+    torch.testing.assert_close(vector_norm(v), v.pow(2).sum(-2).clamp_min(1e-8).sqrt(), rtol=0, atol=0)
