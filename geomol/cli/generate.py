@@ -29,9 +29,9 @@ from geomol.cli.common import (
     report_errors,
     resolve_device,
 )
-from geomol.cli.evaluate import load_regressor, property_errors, regressor_record
 from geomol.data.chem import atomic_write, write_sdf
 from geomol.flows.generator import MoleculeGenerator
+from geomol.metrics.regressor import load_regressor, property_errors, regressor_record
 from geomol.metrics.summary import molecule_metrics
 
 __all__ = ["main", "run", "load_generator", "draw_grid"]
