@@ -15,9 +15,11 @@ alternating step by step on the same batches; wall-clock and process CPU time ar
     python bench/dimenet_vs_pyg.py --device cuda
 
 Accuracy: both models trained with the same budget (same molecules, batch order, epochs, optimizer)
-on QM9 HOMO, test MAE in meV::
+on QM9 HOMO, test MAE in meV; then geomol trains on until it has used PyG's CPU time (equal CPU budget);
+one row per seed and the mean::
 
     python bench/dimenet_vs_pyg.py --accuracy --train 10000 --test 2000 --epochs 3
+    python bench/dimenet_vs_pyg.py --accuracy --train 3000 --test 1000 --epochs 4 --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ def parse_args() -> argparse.Namespace:
         "for --accuracy",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="--accuracy: one run per seed")
     # Throughput
     parser.add_argument("--molecules", type=int, default=320, help="molecules cycled through when timing")
     parser.add_argument("--steps", type=int, default=12, help="timed training steps per model (alternating)")
@@ -200,49 +203,97 @@ def evaluate(model: nn.Module, batches: list[Batch], column: int, mean: float, s
     return 1000.0 * torch.cat(errors).mean().item()  # eV -> meV
 
 
+def shuffled_batches(data: list, batch_size: int, seed: int, device: str):
+    """Endless collated batches, a new seeded permutation of ``data`` each epoch."""
+    shuffle = torch.Generator().manual_seed(seed)
+    while True:
+        for chunk in torch.randperm(len(data), generator=shuffle).split(batch_size):
+            yield Batch.from_data_list([data[int(i)] for i in chunk]).to(device)
+
+
+def train_steps(
+    model, optimizer, schedule, batches, column, mean, std, until_cpu: float | None = None
+) -> tuple[float, int]:
+    """Training steps over ``batches`` (an iterator of collated batches): all of them, or while the process's CPU
+    time spent here stays below ``until_cpu`` seconds. Returns (CPU seconds spent, steps taken)."""
+    spent, steps = 0.0, 0
+    for batch in batches:
+        if until_cpu is not None and spent >= until_cpu:
+            break
+        start = time.process_time()
+        target = (batch.y[:, column] - mean) / std
+        loss = (model(batch.z, batch.pos, batch.batch).squeeze(-1) - target).abs().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        optimizer.step()
+        schedule.step()
+        spent += time.process_time() - start
+        steps += 1
+    return spent, steps
+
+
 def accuracy(args: argparse.Namespace) -> None:
-    dataset, order = load_qm9(args)
-    column = QM9.target_index(args.target)
-    train_idx = order[: args.train]
-    test_idx = order[args.train + args.val : args.train + args.val + args.test]
-    y = torch.stack([dataset[int(i)].y[0, column] for i in train_idx])
-    mean, std = y.mean().item(), y.std().item()
-    test_batches = collate(dataset, test_idx, 128, args.device)
-    train_data = [dataset[int(i)] for i in train_idx]
-    pyg, ours = build_models(args)
+    """Both models from the same initial weights on the same batches in the same order, for the same number of
+    steps; then geomol trains on (same schedule, next batches) until its CPU time equals what PyG's steps took:
+    the equal-CPU-budget column. One row per seed (the seed picks the split, the initial weights and the order)."""
     steps_per_epoch = math.ceil(args.train / args.batch_size)
     print(
         f"{args.model} on QM9 {args.target}: {args.train} training / {args.test} test molecules, "
         f"{args.epochs} epochs x {steps_per_epoch} steps, batch {args.batch_size}, Adam (AMSGrad) {args.lr} with "
-        f"{args.warmup_steps} warm-up steps, L1 on the standardized target, clip 10; same init and batch order"
+        f"{args.warmup_steps} warm-up steps, L1 on the standardized target, clip 10; same init and batch order; "
+        f"{torch.get_num_threads()} thread(s); CPU time of this process (one model at a time)"
     )
-    results = {}
-    for name, model in {"PyG (pure-torch graph ops)": pyg, "geomol": ours}.items():
-        optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, amsgrad=True)
-        schedule = warmup_exponential_decay(optimizer, warmup_steps=args.warmup_steps)
-        shuffle = torch.Generator().manual_seed(args.seed + 1)
-        start = time.perf_counter()
-        for epoch in range(args.epochs):
-            perm = torch.randperm(len(train_data), generator=shuffle)
-            total = 0.0
-            for chunk in perm.split(args.batch_size):
-                batch = Batch.from_data_list([train_data[int(i)] for i in chunk]).to(args.device)
-                target = (batch.y[:, column] - mean) / std
-                loss = (model(batch.z, batch.pos, batch.batch).squeeze(-1) - target).abs().mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-                optimizer.step()
-                schedule.step()
-                total += loss.item() * chunk.numel()
-            print(f"  {name}: epoch {epoch + 1}, train L1 {total / len(train_data):.4f} (std units)", flush=True)
-        elapsed = time.perf_counter() - start
-        results[name] = (evaluate(model, test_batches, column, mean, std), elapsed)
+    rows = []
+    for seed in args.seeds:
+        args.seed = seed
+        dataset, order = load_qm9(args)
+        column = QM9.target_index(args.target)
+        train_idx = order[: args.train]
+        test_idx = order[args.train + args.val : args.train + args.val + args.test]
+        y = torch.stack([dataset[int(i)].y[0, column] for i in train_idx])
+        mean, std = y.mean().item(), y.std().item()
+        test_batches = collate(dataset, test_idx, 128, args.device)
+        train_data = [dataset[int(i)] for i in train_idx]
 
-    print(f"\n| {'implementation':<28} | test MAE {args.target} (meV) | train time (s) |")
-    print(f"|{'-' * 30}|{'-' * 24}|{'-' * 16}|")
-    for name, (mae, elapsed) in results.items():
-        print(f"| {name:<28} | {mae:>22.1f} | {elapsed:>14.0f} |")
+        pyg, ours = build_models(args)
+        for model in (pyg, ours):  # warm-up (allocator, first calls), no optimizer step: the weights stay
+            b = test_batches[0]
+            model(b.z, b.pos, b.batch).sum().backward()
+            model.zero_grad(set_to_none=True)
+        result = {}
+        for name, model in (("pyg", pyg), ("geomol", ours)):
+            optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, amsgrad=True)
+            schedule = warmup_exponential_decay(optimizer, warmup_steps=args.warmup_steps)
+            stream = shuffled_batches(train_data, args.batch_size, seed + 1, args.device)
+            cpu, steps = train_steps(model, optimizer, schedule, (next(stream) for _ in range(args.epochs * steps_per_epoch)),
+                                     column, mean, std)  # fmt: skip
+            result[name] = (evaluate(model, test_batches, column, mean, std), cpu, steps)
+            print(
+                f"  seed {seed}, {name}: {steps} steps, {cpu:.0f} CPU s, test MAE {result[name][0]:.1f} meV", flush=True
+            )
+            if name == "geomol":  # on to PyG's CPU time
+                extra, more = train_steps(model, optimizer, schedule, stream, column, mean, std,
+                                          until_cpu=result["pyg"][1] - cpu)  # fmt: skip
+                result["geomol_budget"] = (evaluate(model, test_batches, column, mean, std), cpu + extra, steps + more)
+                print(f"  seed {seed}, geomol at PyG's CPU time: {steps + more} steps, test MAE "
+                      f"{result['geomol_budget'][0]:.1f} meV", flush=True)  # fmt: skip
+        rows.append((seed, result))
+
+    print(
+        "\n| seed | PyG MAE (meV) | geomol MAE, same steps | geomol MAE, PyG's CPU time (steps) | CPU s PyG / geomol (same steps) |"
+    )
+    print("|---|---|---|---|---|")
+    for seed, r in rows:
+        print(f"| {seed} | {r['pyg'][0]:.1f} | {r['geomol'][0]:.1f} | {r['geomol_budget'][0]:.1f} ({r['geomol_budget'][2]}) "
+              f"| {r['pyg'][1]:.0f} / {r['geomol'][1]:.0f} = {r['pyg'][1] / r['geomol'][1]:.2f}x |")  # fmt: skip
+    if len(rows) > 1:
+
+        def stat(key):
+            values = [r[key][0] for _, r in rows]
+            return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+        print(f"| mean ± std | {stat('pyg')} | {stat('geomol')} | {stat('geomol_budget')} | |")
 
 
 def main() -> None:

@@ -72,7 +72,7 @@ step generate 240 "$python" -m geomol.generate ckpt="$out/runs/propmolflow/check
 step gaunt_vs_e3nn 240 "$python" bench/gaunt_vs_e3nn.py --device "$device" --n "$n" --channels "$channels" --repeats 3 --lmax $lmax
 # shellcheck disable=SC2086
 step propmolflow_sampling 240 "$python" bench/propmolflow_sampling.py --device "$device" --batch-size "$sample_batch" \
-    --steps $((steps * 2)) --precisions $precisions
+    --steps $((steps * 2)) --precisions $precisions --versions after --check 0
 
 echo
 echo "geomol GPU checks on $device ($(date -u +%F\ %T) UTC):"
