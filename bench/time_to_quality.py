@@ -85,9 +85,12 @@ def main() -> None:
         name = label + (" (minutes partly interpolated)" if interpolated else "")
         ax_loss.plot(minutes, loss, marker="o", ms=3, label=name)
         ax_stab.plot(minutes, 100 * np.array(stab), marker="o", ms=3, label=name)
+    points: dict[str, list[tuple[float, float]]] = defaultdict(list)  # one legend entry per label
     for spec in args.point:
         label, minutes, value = spec.rsplit(":", 2)
-        ax_stab.scatter([float(minutes)], [100 * float(value)], marker="*", s=160, zorder=5, label=label)
+        points[label].append((float(minutes), 100 * float(value)))
+    for label, xy in points.items():
+        ax_stab.scatter(*zip(*xy), marker="*", s=160, zorder=5, label=label)
     ax_loss.set(xlabel="training wall minutes", ylabel="validation loss", yscale="log", title="validation loss")
     ax_stab.set(xlabel="training wall minutes", ylabel="molecule stability (%)", ylim=(0, 100),
                 title="molecule stability (32 molecules per validation)")  # fmt: skip
