@@ -10,10 +10,13 @@ Modules are loaded in the order given; while one runs its imports, the earlier o
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import types
 from pathlib import Path
+
+from geomol.devices import reuse_freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,3 +47,16 @@ def load(commit: str, *names: str) -> dict[str, types.ModuleType] | None:
             else:
                 sys.modules[name] = module
     return modules
+
+
+def default_malloc() -> None:
+    """Keep glibc's default malloc settings in this process (the first, "plain" rows of a before/after table)."""
+    os.environ["GEOMOL_MALLOC_TUNING"] = "0"
+
+
+def tuned_malloc() -> None:
+    """From now on, the malloc setting geomol's sampler and training step apply (rows ``+malloc``); once per process."""
+    if os.environ.get("GEOMOL_MALLOC_TUNING") == "0":
+        del os.environ["GEOMOL_MALLOC_TUNING"]
+        reuse_freed_memory.cache_clear()
+        reuse_freed_memory()

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -42,7 +41,6 @@ from machine import cpu_description  # bench/machine.py
 from torch.utils.flop_counter import FlopCounterMode
 
 from geomol.checkpoints import load_task
-from geomol.devices import reuse_freed_memory
 from geomol.flows.bonds import upper_pairs
 from geomol.flows.generator import GENERATION_TASK, MoleculeGenerator
 from geomol.flows.molecule import MolecularFlow, MoleculeState
@@ -191,7 +189,7 @@ def main() -> None:
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    os.environ["GEOMOL_MALLOC_TUNING"] = "0"  # the first rows run with glibc's default malloc settings
+    before.default_malloc()  # the first rows run with glibc's default malloc settings
     field, old_field, old_sample, sampling, num_properties = build_fields(args, device)
     batch_size = args.batch_size or sampling["batch_size"]
     scale = args.scale_steps or (sampling["steps"] if args.ckpt else 100)
@@ -224,10 +222,8 @@ def main() -> None:
             continue
         peak, peak_source = device_peak(device, precision)
         for version, malloc in plan:
-            if malloc and os.environ.get("GEOMOL_MALLOC_TUNING") == "0":
-                del os.environ["GEOMOL_MALLOC_TUNING"]
-                reuse_freed_memory.cache_clear()
-                reuse_freed_memory()
+            if malloc:
+                before.tuned_malloc()
             net, sample = versions[version]
             best = float("inf")
             for repeat in range(args.repeats + 1):  # the first run warms up (allocator, kernels)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -35,7 +34,6 @@ import torch
 from machine import cpu_description  # bench/machine.py (bench/ is on sys.path when a script runs)
 
 from geomol.data.generation import QM9GenerationDataModule
-from geomol.devices import reuse_freed_memory
 from geomol.tasks.generation import GenerationTask
 
 FIXTURE = Path(__file__).parents[1] / "tests" / "fixtures" / "qm9"
@@ -96,7 +94,7 @@ def gradient_check(size: str, kwargs: dict, old, batch) -> str:
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    os.environ["GEOMOL_MALLOC_TUNING"] = "0"  # the first rows run with glibc's default malloc settings
+    before.default_malloc()  # the first rows run with glibc's default malloc settings
     dm = QM9GenerationDataModule(root=args.data_root, source=FIXTURE, batch_size=args.batch_size, train_half=None)
     kwargs = dm.task_kwargs()
     loader = dm.train_dataloader()
@@ -117,10 +115,8 @@ def main() -> None:
             print(f"{size}: {gradient_check(size, kwargs, old, batches[0])}", flush=True)
         for mode in args.modes:
             for version, malloc in plan:
-                if malloc and os.environ.get("GEOMOL_MALLOC_TUNING") == "0":
-                    del os.environ["GEOMOL_MALLOC_TUNING"]
-                    reuse_freed_memory.cache_clear()
-                    reuse_freed_memory()
+                if malloc:
+                    before.tuned_malloc()
                 task = build_task(size, kwargs, version, old)
                 opt = torch.optim.Adam(task.parameters(), lr=1e-4)
                 note = ""
