@@ -5,7 +5,7 @@ Samples molecules with :class:`~geomol.flows.generator.MoleculeGenerator` from a
 their statistics and the sampler settings), writes them to an SDF file
 (atomically; SD tags hold the conditioning values) and a PNG grid of 2D depictions, and prints their
 metrics. Other keys of ``geomol/conf/generate.yaml`` (``steps``, ``batch_size``, ``seed``, ``n_atoms``,
-``eta``, ``temperature``, ``device``, ``regressor``) override as ``key=value``.
+``eta``, ``temperature``, ``guidance``, ``device``, ``regressor``) override as ``key=value``.
 """
 
 from __future__ import annotations
@@ -98,6 +98,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         "batch_size": int_option(cfg, "batch_size", minimum=1, optional=True),
         "eta": float_option(cfg, "eta", minimum=0.0, optional=True),
         "temperature": float_option(cfg, "temperature", positive=True, optional=True),
+        "guidance": float_option(cfg, "guidance", minimum=0.0, optional=True),
         "seed": int_option(cfg, "seed"),
     }
     precision = str(cfg.precision)

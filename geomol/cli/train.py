@@ -165,6 +165,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
     else:
         check_resume(cfg, run_dir, resuming=ckpt is not None)
     datamodule, task, trainer = build(cfg)
+    if cfg.get("init_from") and ckpt:
+        log.info("resuming from %s: init_from=%s is not used again", ckpt, cfg.init_from)
+    elif cfg.get("init_from"):
+        init_weights(task, cfg.init_from)
     if ckpt:
         step = checkpoint.get("global_step")
         log.info("resuming from %s", ckpt)
@@ -181,6 +185,34 @@ def run(cfg: DictConfig) -> dict[str, float]:
             print_metrics(dict(sorted(metrics.items())), f"\nTest results ({run_dir}):", units)
             record_test(task, datamodule, metrics, run_dir)
     return metrics
+
+
+def init_weights(task: pl.LightningModule, path: str) -> None:
+    """Load the weights of checkpoint ``path`` (a path or a pretrained name, read safely) into ``task``:
+    the same task class and parameter shapes, or one line naming what differs."""
+    from ..checkpoints import TASK_KEY
+
+    checkpoint = read_checkpoint(path)
+    wanted = f"{type(task).__module__}.{type(task).__qualname__}"
+    stored = checkpoint.get(TASK_KEY)
+    if stored is not None and stored != wanted:
+        raise ValueError(
+            f"init_from={path} holds a {stored.rsplit('.', 1)[-1]}, but this run trains a {type(task).__name__}"
+        )
+    own = task.state_dict()
+    weights = checkpoint["state_dict"]
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    shapes = sorted(k for k in set(own) & set(weights) if tuple(own[k].shape) != tuple(weights[k].shape))
+    if missing or unexpected or shapes:
+        what = (
+            (f"{len(missing)} missing ({missing[0]})" if missing else "")
+            or (f"{len(unexpected)} unexpected ({unexpected[0]})" if unexpected else "")
+            or f"{len(shapes)} of another shape ({shapes[0]}: {tuple(weights[shapes[0]].shape)} vs {tuple(own[shapes[0]].shape)})"
+        )
+        raise ValueError(f"init_from={path} does not fit this model: {what} weights; is model.net the same?")
+    task.load_state_dict(weights)
+    log.info("weights from %s (global step %s); fresh optimizer and schedule", path, checkpoint.get("global_step"))
 
 
 def record_test(task: pl.LightningModule, datamodule: pl.LightningDataModule, metrics: dict, run_dir: Path) -> None:

@@ -12,7 +12,9 @@ after the input embedding, with one of five methods:
 ``concatenate_multiply`` ``h ← h ⊙ (σ(φ([h ‖ p])) + ½)``
 ====================== ==========================================
 
-``φ`` is a two-layer MLP. The gates of the multiplicative methods lie in ``(½, 3⁄2)``, so a property
+``φ`` is a two-layer MLP. Molecules marked ``unconditional`` skip the injection (``h`` passes through
+unchanged): the null condition of classifier-free guidance (Ho & Salimans 2022), trained by dropping the
+condition of a fraction of the training molecules (``GenerationTask(condition_dropout=…)``). The gates of the multiplicative methods lie in ``(½, 3⁄2)``, so a property
 rescales but never switches off a channel. In ``concatenate_multiply`` the gate comes from
 ``φ([h ‖ p])`` as the method's name says (the authors' code computes ``φ([h ‖ p])`` and then
 overwrites it with ``σ(p) + ½``, which makes it the same as ``multiply``).
@@ -83,7 +85,8 @@ class PropertyConditioning(nn.Module):
             :class:`PropertyEmbedding`.
 
     Shapes:
-        h ``[N, scalars]``, p ``[B, P]``, batch ``[N]`` -> ``[N, scalars]``
+        h ``[N, scalars]``, p ``[B, P]``, batch ``[N]``, unconditional ``[B]`` (bool, optional: these
+        molecules keep ``h`` unchanged) -> ``[N, scalars]``
     """
 
     def __init__(
@@ -109,8 +112,13 @@ class PropertyConditioning(nn.Module):
             else None
         )
 
-    def forward(self, h: Tensor, p: Tensor, batch: Tensor) -> Tensor:
-        emb = self.embedding(p)[batch]  # [N, scalars]
+    def forward(self, h: Tensor, p: Tensor, batch: Tensor, unconditional: Tensor | None = None) -> Tensor:
+        out = self._inject(h, self.embedding(p)[batch])
+        if unconditional is None:
+            return out
+        return torch.where(unconditional[batch].unsqueeze(-1), h, out)
+
+    def _inject(self, h: Tensor, emb: Tensor) -> Tensor:
         if self.method == "sum":
             return h + emb
         if self.method == "multiply":

@@ -15,6 +15,7 @@ It resolves the request (conditioning values, atom counts, memory), integrates t
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ __all__ = ["MoleculeGenerator", "ConditionStatistics", "DEFAULT_SAMPLING", "avai
 
 log = logging.getLogger("geomol")
 
-DEFAULT_SAMPLING = {"steps": 100, "eta": 10.0, "temperature": 0.05, "batch_size": 128}
+DEFAULT_SAMPLING = {"steps": 100, "eta": 10.0, "temperature": 0.05, "batch_size": 128, "guidance": 1.0}
 # Atomic number of each element class of the flow.
 TYPE_TO_Z = torch.tensor([ATOMIC_NUMBERS[s] for s in ELEMENTS])
 
@@ -130,12 +131,14 @@ class MoleculeGenerator:
         flow: the :class:`~geomol.flows.molecule.MolecularFlow` it was trained with.
         atom_counts: distribution of molecule sizes (:class:`~geomol.flows.sampler.AtomCounts`).
         statistics: the conditioning properties and their statistics (default: unconditional).
-        sampling: default ``steps``, ``eta``, ``temperature``, ``batch_size`` of :meth:`sample`
+        sampling: default ``steps``, ``eta``, ``temperature``, ``batch_size``, ``guidance`` of :meth:`sample`
             (missing keys: :data:`DEFAULT_SAMPLING`).
         device: move ``net`` there (default: where it is).
         precision: default precision of :meth:`sample`, ``"32"`` or ``"bf16"``.
         pair_memory: bytes one atom pair holds at the peak of a sampling step, for refusing hopeless
             batches up front (default: :func:`pair_bytes` of the field's ``edge_features`` and ``vectors``).
+        condition_dropout: fraction of training molecules whose condition was dropped (the field learned
+            the null condition); classifier-free ``guidance ≠ 1`` is refused when it is 0.
 
     Usually built by :meth:`from_checkpoint` or :meth:`from_task`.
     """
@@ -150,6 +153,7 @@ class MoleculeGenerator:
         device: str | torch.device | None = None,
         precision: str = "32",
         pair_memory: int | None = None,
+        condition_dropout: float = 0.0,
     ) -> None:
         statistics = ConditionStatistics() if statistics is None else statistics
         expected = getattr(net, "num_properties", len(statistics.names))
@@ -168,6 +172,7 @@ class MoleculeGenerator:
         if pair_memory is None:
             pair_memory = pair_bytes(int(getattr(net, "edge_features", 64)), int(getattr(net, "vectors", 16)))
         self.pair_memory = int(pair_memory)
+        self.condition_dropout = float(condition_dropout)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -182,8 +187,9 @@ class MoleculeGenerator:
         net = hparams.net
         memory = pair_bytes(int(net.get("edge_features", 64)), int(net.get("vectors", 16)))
         return cls(
-            task.net, task.flow, task.atom_counts, statistics, hparams.sampling, precision=precision, pair_memory=memory
-        )
+            task.net, task.flow, task.atom_counts, statistics, hparams.sampling, precision=precision, pair_memory=memory,
+            condition_dropout=float(hparams.get("condition_dropout", 0.0)),
+        )  # fmt: skip
 
     @classmethod
     def from_checkpoint(
@@ -314,6 +320,19 @@ class MoleculeGenerator:
                 f"{need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB available: lower batch_size or n_atoms"
             )
 
+    def _check_guidance(self, guidance: float) -> None:
+        if guidance == 1.0:
+            return
+        if not math.isfinite(guidance) or guidance < 0:
+            raise ValueError(f"guidance must be a finite number >= 0, got {guidance}")
+        if not self.condition:
+            raise ValueError("guidance needs a conditional generator; this checkpoint is unconditional")
+        if self.condition_dropout <= 0:
+            raise ValueError(
+                f"guidance={guidance:g} needs a generator trained with model.condition_dropout > 0 (this one never "
+                "learned the unconditional field); use guidance=1"
+            )
+
     @staticmethod
     def _check_precision(precision: str) -> None:
         if precision not in ("32", "bf16"):
@@ -333,6 +352,7 @@ class MoleculeGenerator:
         seed: int | None = None,
         progress: bool = False,
         precision: str | None = None,
+        guidance: float | None = None,
     ) -> list[Chem.Mol]:
         """Generate molecules as RDKit molecules with 3D conformers (sanitized where RDKit accepts them).
 
@@ -349,6 +369,8 @@ class MoleculeGenerator:
             progress: show a progress bar over steps × batches (stderr).
             precision: ``"32"`` or ``"bf16"`` (the vector field under bfloat16 autocast; see
                 :func:`~geomol.flows.sampler.euler_sample`); default :attr:`precision`.
+            guidance: classifier-free guidance weight (1: none; > 1: stronger conditioning, two field
+                evaluations per step); only for generators trained with ``condition_dropout > 0``.
 
         Shapes:
             n_atoms ``[num_molecules]`` or one number -> ``num_molecules`` molecules, in order.
@@ -359,11 +381,13 @@ class MoleculeGenerator:
         if num_molecules < 1:
             raise ValueError(f"num_molecules must be at least 1, got {num_molecules}")
         opts = {**self.sampling}
-        for key, value in dict(steps=steps, eta=eta, temperature=temperature, batch_size=batch_size).items():
+        chosen = dict(steps=steps, eta=eta, temperature=temperature, batch_size=batch_size, guidance=guidance)
+        for key, value in chosen.items():
             if value is not None:
                 opts[key] = value
         if opts["batch_size"] < 1:
             raise ValueError(f"batch_size must be at least 1, got {opts['batch_size']}")
+        self._check_guidance(float(opts["guidance"]))
         precision = self.precision if precision is None else precision
         self._check_precision(precision)
         device = self.device
@@ -398,6 +422,7 @@ class MoleculeGenerator:
                         generator=dev_gen,
                         on_step=bar.update,
                         precision=precision,
+                        guidance=float(opts["guidance"]),
                     )
                 except (torch.OutOfMemoryError, RuntimeError) as err:
                     if not is_out_of_memory(err):

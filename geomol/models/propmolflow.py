@@ -79,7 +79,8 @@ class PropMolFlow(nn.Module):
     Shapes:
         state: a :class:`~geomol.flows.molecule.MoleculeState` with atom_type ``[N]``, charge ``[N]``
         (class indices, ``num_*`` is the mask), pos ``[N, 3]``, bond_type ``[P]``, pairs ``[2, P]``
-        (``i < j``), batch ``[N]``, t ``[B]``; condition ``[B, num_properties]`` -> :class:`FieldOutput`
+        (``i < j``), batch ``[N]``, t ``[B]``; condition ``[B, num_properties]``; unconditional ``[B]``
+        (bool, optional) -> :class:`FieldOutput`
     """
 
     def __init__(
@@ -133,9 +134,13 @@ class PropMolFlow(nn.Module):
         unit, rbf = vec / (dist.unsqueeze(-1) + 1e-8), self.rbf(dist)
         return torch.cat([unit, -unit]), torch.cat([rbf, rbf])
 
-    def forward(self, state: MoleculeState, condition: Tensor | None = None) -> FieldOutput:
+    def forward(
+        self, state: MoleculeState, condition: Tensor | None = None, unconditional: Tensor | None = None
+    ) -> FieldOutput:
         """Predict the clean molecule from the noisy ``state`` (which must carry pairs, batch and t),
-        given standardised properties ``condition`` ``[B, num_properties]`` for a conditional field."""
+        given standardised properties ``condition`` ``[B, num_properties]`` for a conditional field.
+        Molecules flagged in ``unconditional`` ``[B]`` ignore their condition (the null condition of
+        classifier-free guidance)."""
         missing = [name for name in ("pairs", "batch", "t") if getattr(state, name) is None]
         if missing:
             raise ValueError(f"the field needs the state's pairs, batch and t; {', '.join(missing)} missing")
@@ -157,7 +162,7 @@ class PropMolFlow(nn.Module):
             )
         )
         if self.condition is not None:
-            h = self.condition(h, condition.to(pos.dtype), batch)
+            h = self.condition(h, condition.to(pos.dtype), batch, unconditional)
         edge_index = pair_edge_index(pairs)
         e = self.edge_embedding(F.one_hot(bond_type, self.num_bond_types + 1).to(pos.dtype)).repeat(2, 1)  # [2P, F]
         v = pos.new_zeros(pos.size(0), 3, self.vectors)

@@ -47,7 +47,9 @@ class GenerationTask(GeomolTask):
         flow: keyword arguments of :class:`~geomol.flows.molecule.MolecularFlow` (schedules, prior
             std, alignment).
         loss_weights: weights of the ``x``, ``a``, ``c``, ``e`` losses (default 3, 0.4, 1, 2).
-        sampling: default ``steps``, ``eta``, ``temperature``, ``batch_size`` of :meth:`sample`.
+        sampling: default ``steps``, ``eta``, ``temperature``, ``batch_size``, ``guidance`` of :meth:`sample`.
+        condition_dropout: fraction of training molecules whose condition is dropped (the field then also
+            learns the unconditional flow, which classifier-free ``guidance`` at sampling needs); 0: never.
         val_molecules: molecules sampled for the validation metrics (0: never sample).
         sample_every_n_epochs: sample and score molecules every this many validation epochs.
         **optimization: ``optimizer``, ``scheduler``, ``scheduler_interval``, ``monitor``
@@ -69,6 +71,7 @@ class GenerationTask(GeomolTask):
         flow: Mapping | None = None,
         loss_weights: Mapping[str, float] | None = None,
         sampling: Mapping | None = None,
+        condition_dropout: float = 0.0,
         val_molecules: int = 32,
         sample_every_n_epochs: int = 10,
         **optimization,
@@ -82,6 +85,10 @@ class GenerationTask(GeomolTask):
             raise ValueError(f"cannot condition on {unknown}: the data provides {', '.join(targets)}")
         if len(set(condition)) != len(condition):
             raise ValueError(f"a property is listed twice in condition={condition}")
+        if not 0.0 <= float(condition_dropout) < 1.0:
+            raise ValueError(f"condition_dropout must lie in [0, 1), got {condition_dropout}")
+        if condition_dropout and not condition:
+            raise ValueError("condition_dropout needs conditioning properties (model.condition=[...])")
         loss_weights = {**DEFAULT_LOSS_WEIGHTS, **(plain_config(loss_weights) or {})}
         if set(loss_weights) != set(MODALITIES):
             raise ValueError(f"loss_weights takes the keys x, a, c, e; got {sorted(loss_weights)}")
@@ -150,7 +157,12 @@ class GenerationTask(GeomolTask):
         clean = self._clean_state(batch)
         t = torch.rand(batch.num_graphs, device=batch.pos.device, dtype=batch.pos.dtype)
         target, noisy = self.flow.corrupt(clean, clean.batch, clean.batch[clean.pairs[0]], t)
-        out = self.net(noisy, self._standardized_condition(batch))
+        condition = self._standardized_condition(batch)
+        if self.training and self.hparams.condition_dropout > 0:
+            drop = torch.rand(batch.num_graphs, device=t.device) < self.hparams.condition_dropout
+            out = self.net(noisy, condition, unconditional=drop)
+        else:
+            out = self.net(noisy, condition)
         losses = self.flow.losses(out, target, noisy)
         losses["loss"] = sum(self.hparams.loss_weights[m] * losses[m] for m in MODALITIES)
         return losses
@@ -187,6 +199,7 @@ class GenerationTask(GeomolTask):
         seed: int | None = None,
         progress: bool = False,
         precision: str = "32",
+        guidance: float | None = None,
     ) -> list[Chem.Mol]:
         """Generate molecules as RDKit molecules with 3D conformers: :meth:`MoleculeGenerator.sample
         <geomol.flows.generator.MoleculeGenerator.sample>` of this task's network, flow and statistics
@@ -197,5 +210,5 @@ class GenerationTask(GeomolTask):
         """
         return MoleculeGenerator.from_task(self).sample(
             num_molecules, condition=condition, n_atoms=n_atoms, steps=steps, eta=eta, temperature=temperature,
-            batch_size=batch_size, seed=seed, progress=progress, precision=precision,
+            batch_size=batch_size, seed=seed, progress=progress, precision=precision, guidance=guidance,
         )  # fmt: skip

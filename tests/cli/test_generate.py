@@ -330,6 +330,8 @@ def read_record(path):
         (["steps=0"], "steps must be at least 1, got 0"),
         (["eta=-5"], "eta must be at least 0.0, got -5"),
         (["temperature=0"], "temperature must be positive, got 0"),
+        (["guidance=-1"], "guidance must be at least 0.0, got -1"),
+        (["guidance=2"], "guidance=2 needs a generator trained with model.condition_dropout > 0"),
         (["device=tpu"], "device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
         (["device=meta"], "device must be auto, cpu, cuda or cuda:N, got 'meta'"),
         (["progress=maybe"], "progress must be true or false, got 'maybe'"),

@@ -274,3 +274,39 @@ def test_bad_value_in_process_stops_before_hydra_makes_a_run_dir(tmp_path):
     result = train(tmp_path, *QM9_FIXTURE, "trainer.max_epochs=abc")
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_init_from_loads_weights_with_a_fresh_optimizer(tmp_path, capsys, caplog):
+    import logging
+
+    import torch
+
+    from geomol.cli.train import build, init_weights, report_errors, run
+
+    args = [*QM9_FIXTURE, "experiment=demo", "model.net.hidden_channels=16", "model.net.num_interactions=1"]
+    _, source, _ = build(compose_train(tmp_path / "a", args))
+    for p in source.parameters():
+        torch.nn.init.normal_(p)
+    ckpt = tmp_path / "source.ckpt"
+    torch.save({"state_dict": source.state_dict(), "hyper_parameters": {}, "global_step": 7,
+                "geomol_task": "geomol.tasks.property.PropertyTask"}, ckpt)  # fmt: skip
+    _, task, _ = build(compose_train(tmp_path / "b", args))
+    init_weights(task, str(ckpt))
+    for key, value in source.state_dict().items():
+        assert torch.equal(task.state_dict()[key], value), key
+    # Another network, or another task: one line each.
+    _, other, _ = build(compose_train(tmp_path / "c", [*args, "model.net.hidden_channels=32"]))
+    with pytest.raises(ValueError, match=r"does not fit this model: \d+ of another shape \(net\."):
+        init_weights(other, str(ckpt))
+    cfg = compose_train(
+        tmp_path / "d", [*QM9_FIXTURE, "model=propmolflow", "trainer.fast_dev_run=true", f"init_from={ckpt}"]
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        report_errors(run)(cfg)
+    assert exit_info.value.code == 2
+    assert "holds a PropertyTask, but this run trains a GenerationTask" in capsys.readouterr().err.splitlines()[-1]
+    # Through train.py: the run starts from the weights (one fast_dev_run step).
+    cfg = compose_train(tmp_path / "e", [*args, "trainer.fast_dev_run=true", "test=false", f"init_from={ckpt}"])
+    with caplog.at_level(logging.INFO, logger="geomol"):
+        run(cfg)
+    assert f"weights from {ckpt} (global step 7); fresh optimizer and schedule" in caplog.text

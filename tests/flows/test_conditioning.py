@@ -51,3 +51,20 @@ def test_embedding_errors():
         PropertyConditioning(1, 4, "add")
     with pytest.raises(ValueError, match=r"\[B, 2\]"):
         PropertyEmbedding(2, 4)(torch.zeros(3, 1))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_unconditional_molecules_keep_their_features(method, generator):
+    # The null condition of classifier-free guidance: flagged molecules pass h through untouched, whatever
+    # their properties; the others are conditioned exactly as without the flag.
+    torch.manual_seed(0)
+    cond = PropertyConditioning(1, 8, method)
+    batch = torch.tensor([0, 0, 1, 1, 1, 2])
+    h = torch.randn(6, 8, generator=generator)
+    p = torch.randn(3, 1, generator=generator)
+    null = torch.tensor([False, True, False])
+    out = cond(h, p, batch, null)
+    torch.testing.assert_close(out[2:5], h[2:5], rtol=0, atol=0)
+    plain = cond(h, p, batch)
+    torch.testing.assert_close(out[[0, 1, 5]], plain[[0, 1, 5]], rtol=0, atol=0)
+    assert not torch.allclose(plain[2:5], h[2:5])

@@ -84,3 +84,36 @@ def test_atom_counts_follow_the_property_percentile(generator):
     assert counts.probabilities()[:3].sum() == 0
     with pytest.raises(ValueError, match="no atom-count statistics"):
         counts.probabilities({"gap": 1.0})
+
+
+class _Combined(torch.nn.Module):
+    """The guided step computed independently: the field's conditional and unconditional endpoint
+    predictions mixed as ``u + w (c - u)`` outside the sampler, which then samples with guidance 1."""
+
+    def __init__(self, field, weight):
+        super().__init__()
+        self.field, self.weight = field, weight
+
+    def forward(self, state, condition):
+        c = self.field(state, condition)
+        u = self.field(state, condition, unconditional=torch.ones(state.t.numel(), dtype=torch.bool))
+        return type(c)(*(b + self.weight * (a - b) for a, b in zip(c, u)))
+
+
+@pytest.mark.parametrize("weight", [0.0, 2.5])
+def test_classifier_free_guidance_mixes_conditional_and_null_predictions(weight):
+    field = _tiny_field(num_properties=1).double()
+    flow = MolecularFlow()
+    cond = torch.tensor([[1.5], [-0.5]], dtype=torch.float64)
+
+    def run(net, guidance):
+        gen = torch.Generator().manual_seed(5)
+        return euler_sample(net, flow, torch.tensor([4, 6]), cond, steps=5, generator=gen, guidance=guidance)[0]
+
+    guided, reference = run(field, weight), run(_Combined(field, weight), 1.0)
+    torch.testing.assert_close(guided.pos, reference.pos)
+    assert torch.equal(guided.atom_type, reference.atom_type) and torch.equal(guided.bond_type, reference.bond_type)
+    plain = run(field, 1.0)
+    assert not torch.allclose(guided.pos, plain.pos)
+    with pytest.raises(ValueError, match="needs a conditional field"):
+        euler_sample(_tiny_field(), flow, torch.tensor([3]), steps=2, guidance=2.0)

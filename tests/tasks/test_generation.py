@@ -125,6 +125,38 @@ def test_checkpoint_holds_everything_sampling_needs(datamodule, tmp_path):
         loaded.sample(2, condition={"gap": 6.5})
 
 
+def test_condition_dropout_trains_the_null_condition_and_enables_guidance(datamodule, tmp_path):
+    task = _task(datamodule, condition=["gap"], condition_dropout=0.5)
+    batch = next(iter(datamodule.train_dataloader()))
+    calls = []
+    original = task.net.forward
+
+    def spy(state, condition=None, unconditional=None):
+        calls.append(unconditional)
+        return original(state, condition, unconditional)
+
+    task.net.forward = spy
+    task.train()
+    torch.manual_seed(0)
+    task._losses(batch)
+    task.eval()
+    task._losses(batch)  # validation is conditional
+    assert calls[0] is not None and 0 < int(calls[0].sum()) < batch.num_graphs
+    assert calls[1] is None
+    del task.net.forward
+    mols = task.sample(3, condition={"gap": 6.5}, n_atoms=5, steps=3, seed=0, guidance=2.0)
+    assert len(mols) == 3
+    plain = _task(datamodule, condition=["gap"])
+    with pytest.raises(ValueError, match="model.condition_dropout > 0"):
+        plain.sample(2, condition={"gap": 6.5}, n_atoms=5, steps=2, guidance=2.0)
+    with pytest.raises(ValueError, match="guidance must be a finite number"):
+        task.sample(2, condition={"gap": 6.5}, n_atoms=5, steps=2, guidance=float("nan"))
+    with pytest.raises(ValueError, match=r"condition_dropout must lie in \[0, 1\)"):
+        _task(datamodule, condition=["gap"], condition_dropout=1.0)
+    with pytest.raises(ValueError, match="condition_dropout needs conditioning properties"):
+        _task(datamodule, condition_dropout=0.1)
+
+
 def test_unconditional_task(datamodule):
     task = _task(datamodule)
     assert task.hparams.condition == [] and task.hparams.targets == []
