@@ -104,9 +104,11 @@ class ModelCheckpoint(pl.callbacks.ModelCheckpoint):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Lightning 2.6 writes last.ckpt here even under fast_dev_run (which "disables checkpointing"):
-        # a later real run in that directory would then resume from a one-step smoke test.
+        # a later real run in that directory would then resume from a one-step smoke test. And it writes it
+        # only if no last.ckpt was written during the run, so the steps after the last validation of a run
+        # stopped by max_steps or max_time mid-epoch were lost: here the final step always lands in last.ckpt.
         if not trainer.fast_dev_run:
-            super().on_train_end(trainer, pl_module)
+            self._save_last_if_missed(trainer)
 
 
 class TrainingClock(pl.Callback):

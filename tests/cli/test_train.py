@@ -205,6 +205,17 @@ def test_last_checkpoint_follows_every_epoch_when_the_metric_stalls(tmp_path):
     assert torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=True)["epoch"] == 0
 
 
+def test_last_checkpoint_holds_the_final_step_of_a_run_stopped_mid_epoch(tmp_path):
+    """max_steps between two validations: the steps after the last validation are in last.ckpt too."""
+    import torch
+
+    args = [*QM9_FIXTURE, "experiment=demo", "trainer.max_epochs=5", "trainer.max_steps=20",
+            "trainer.val_check_interval=8", "test=false", "trainer.enable_progress_bar=false"]  # fmt: skip
+    result = train(tmp_path, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 20
+
+
 def test_several_loggers_at_once(tmp_path):
     """logger=[csv,tensorboard,wandb]: metrics.csv, TensorBoard events and an offline W&B run (no account)."""
     pytest.importorskip("tensorboard")
