@@ -131,6 +131,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     metrics = molecule_metrics(mols)
     metrics["molecules_per_second"] = len(mols) / seconds
     what = ", ".join(f"{k}={_short(v)}" for k, v in condition.items()) or "unconditional"
+    guidance = generator.sampling["guidance"] if opts["guidance"] is None else opts["guidance"]
+    what += f", guidance {guidance:g}" if float(guidance) != 1.0 else ""
     print_metrics(metrics, f"Generated {len(mols)} molecules ({what}) -> {output}, {png}:")
     if regressor is not None:
         record = regressor_record(cfg.regressor)
