@@ -87,6 +87,20 @@ def _legend(k: int, mol: Chem.Mol, names: Sequence[str]) -> str:
     return f"#{k}" + (f" ({tags})" if tags else "")
 
 
+def _interval(value) -> list[float] | None:
+    """``guidance_interval=[t_lo,t_hi]`` as two numbers (their range is checked by the sampler), or None."""
+    if value is None:
+        return None
+    items = OmegaConf.to_container(value) if OmegaConf.is_list(value) else value
+    if (
+        not isinstance(items, list)
+        or len(items) != 2
+        or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in items)
+    ):
+        raise ValueError(f"guidance_interval must be two numbers [t_lo,t_hi], got {items!r}")
+    return [float(v) for v in items]
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     if not cfg.ckpt:
         raise ValueError("give a checkpoint: ckpt=PATH (trained with train.py model=propmolflow)")
@@ -99,6 +113,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         "eta": float_option(cfg, "eta", minimum=0.0, optional=True),
         "temperature": float_option(cfg, "temperature", positive=True, optional=True),
         "guidance": float_option(cfg, "guidance", minimum=0.0, optional=True),
+        "guidance_interval": _interval(cfg.guidance_interval),
         "seed": int_option(cfg, "seed"),
     }
     precision = str(cfg.precision)
@@ -132,7 +147,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
     metrics["molecules_per_second"] = len(mols) / seconds
     what = ", ".join(f"{k}={_short(v)}" for k, v in condition.items()) or "unconditional"
     guidance = generator.sampling["guidance"] if opts["guidance"] is None else opts["guidance"]
-    what += f", guidance {guidance:g}" if float(guidance) != 1.0 else ""
+    interval = (
+        generator.sampling["guidance_interval"] if opts["guidance_interval"] is None else opts["guidance_interval"]
+    )
+    if float(guidance) != 1.0:
+        what += f", guidance {guidance:g}" + (
+            f" for t in [{interval[0]:g}, {interval[1]:g})" if tuple(interval) != (0, 1) else ""
+        )
     print_metrics(metrics, f"Generated {len(mols)} molecules ({what}) -> {output}, {png}:")
     if regressor is not None:
         record = regressor_record(cfg.regressor)

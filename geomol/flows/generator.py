@@ -41,7 +41,9 @@ __all__ = ["MoleculeGenerator", "ConditionStatistics", "DEFAULT_SAMPLING", "avai
 
 log = logging.getLogger("geomol")
 
-DEFAULT_SAMPLING = {"steps": 100, "eta": 10.0, "temperature": 0.05, "batch_size": 128, "guidance": 1.0}
+DEFAULT_SAMPLING = {
+    "steps": 100, "eta": 10.0, "temperature": 0.05, "batch_size": 128, "guidance": 1.0, "guidance_interval": [0.0, 1.0]
+}  # fmt: skip
 # Atomic number of each element class of the flow.
 TYPE_TO_Z = torch.tensor([ATOMIC_NUMBERS[s] for s in ELEMENTS])
 
@@ -131,7 +133,8 @@ class MoleculeGenerator:
         flow: the :class:`~geomol.flows.molecule.MolecularFlow` it was trained with.
         atom_counts: distribution of molecule sizes (:class:`~geomol.flows.sampler.AtomCounts`).
         statistics: the conditioning properties and their statistics (default: unconditional).
-        sampling: default ``steps``, ``eta``, ``temperature``, ``batch_size``, ``guidance`` of :meth:`sample`
+        sampling: default ``steps``, ``eta``, ``temperature``, ``batch_size``, ``guidance``, ``guidance_interval``
+            of :meth:`sample`
             (missing keys: :data:`DEFAULT_SAMPLING`).
         device: move ``net`` there (default: where it is).
         precision: default precision of :meth:`sample`, ``"32"`` or ``"bf16"``.
@@ -353,6 +356,7 @@ class MoleculeGenerator:
         progress: bool = False,
         precision: str | None = None,
         guidance: float | None = None,
+        guidance_interval: Sequence[float] | None = None,
     ) -> list[Chem.Mol]:
         """Generate molecules as RDKit molecules with 3D conformers (sanitized where RDKit accepts them).
 
@@ -371,6 +375,8 @@ class MoleculeGenerator:
                 :func:`~geomol.flows.sampler.euler_sample`); default :attr:`precision`.
             guidance: classifier-free guidance weight (1: none; > 1: stronger conditioning, two field
                 evaluations per step); only for generators trained with ``condition_dropout > 0``.
+            guidance_interval: ``(t_lo, t_hi)``: guide only the steps starting in that time interval
+                (see :func:`~geomol.flows.sampler.euler_sample`).
 
         Shapes:
             n_atoms ``[num_molecules]`` or one number -> ``num_molecules`` molecules, in order.
@@ -381,13 +387,19 @@ class MoleculeGenerator:
         if num_molecules < 1:
             raise ValueError(f"num_molecules must be at least 1, got {num_molecules}")
         opts = {**self.sampling}
-        chosen = dict(steps=steps, eta=eta, temperature=temperature, batch_size=batch_size, guidance=guidance)
+        chosen = dict(
+            steps=steps, eta=eta, temperature=temperature, batch_size=batch_size, guidance=guidance,
+            guidance_interval=guidance_interval,
+        )  # fmt: skip
         for key, value in chosen.items():
             if value is not None:
                 opts[key] = value
         if opts["batch_size"] < 1:
             raise ValueError(f"batch_size must be at least 1, got {opts['batch_size']}")
         self._check_guidance(float(opts["guidance"]))
+        interval = tuple(float(v) for v in opts["guidance_interval"])
+        if len(interval) != 2 or not 0.0 <= interval[0] < interval[1] <= 1.0:
+            raise ValueError(f"guidance_interval must be [t_lo, t_hi] with 0 <= t_lo < t_hi <= 1, got {list(interval)}")
         precision = self.precision if precision is None else precision
         self._check_precision(precision)
         device = self.device
@@ -423,6 +435,7 @@ class MoleculeGenerator:
                         on_step=bar.update,
                         precision=precision,
                         guidance=float(opts["guidance"]),
+                        guidance_interval=interval,
                     )
                 except (torch.OutOfMemoryError, RuntimeError) as err:
                     if not is_out_of_memory(err):

@@ -12,6 +12,9 @@ field runs twice per step, with and without the condition, and the step follows
 ``x̂ = x̂_∅ + w (x̂_c − x̂_∅)`` for the positions and the same combination of the logits (a product of
 experts ``p_∅^{1−w} p_c^w`` for the tokens); ``w > 1`` pushes molecules further towards the requested
 property. The field must have learned the null condition (``GenerationTask(condition_dropout > 0)``).
+``guidance_interval = (t_lo, t_hi)`` guides only the steps that start in ``[t_lo, t_hi)`` and takes plain
+conditional steps elsewhere (guidance in a limited interval, Kynkäänniemi et al. 2024): the last steps, which
+settle bonds and valences, can then follow the conditional field alone.
 """
 
 from __future__ import annotations
@@ -117,6 +120,7 @@ def euler_sample(
     on_step: Callable[[], None] | None = None,
     precision: str = "32",
     guidance: float = 1.0,
+    guidance_interval: tuple[float, float] = (0.0, 1.0),
 ) -> tuple[MoleculeState, Tensor, Tensor]:
     """Integrate the flow from the prior to molecules with the given numbers of atoms.
 
@@ -137,6 +141,8 @@ def euler_sample(
         guidance: classifier-free guidance weight ``w`` (1: the conditional field alone, 0: the
             unconditional one); needs ``condition`` and a field that takes ``unconditional=`` (see the
             module docstring).
+        guidance_interval: ``(t_lo, t_hi)``, ``0 ≤ t_lo < t_hi ≤ 1``: the steps starting at ``t`` in
+            ``[t_lo, t_hi)`` are guided, the others are not (``(0, 1)``: every step).
 
     Returns:
         (molecule state at ``t = 1``, batch ``[N]``, pairs ``[2, P]``); no token is left in its mask state.
@@ -148,6 +154,11 @@ def euler_sample(
     guided = float(guidance) != 1.0
     if guided and condition is None:
         raise ValueError(f"guidance={guidance} needs a conditional field and a condition")
+    t_lo, t_hi = (float(v) for v in guidance_interval)
+    if not 0.0 <= t_lo < t_hi <= 1.0:
+        raise ValueError(
+            f"guidance_interval must be [t_lo, t_hi] with 0 <= t_lo < t_hi <= 1, got {list(guidance_interval)}"
+        )
     n_atoms = torch.as_tensor(n_atoms, dtype=torch.long)
     if n_atoms.dim() != 1 or n_atoms.numel() == 0 or bool((n_atoms < 1).any()):
         raise ValueError("n_atoms must be a non-empty 1-D list of positive atom counts")
@@ -180,7 +191,8 @@ def euler_sample(
         dt = float(times[k + 1] - times[k])
         with _precision(precision, device):
             out = field(state, condition)
-            free = field(state, condition, unconditional=null) if guided else None
+            guide = guided and t_lo <= float(times[k]) < t_hi
+            free = field(state, condition, unconditional=null) if guide else None
         if precision != "32":  # the integration, softmaxes and token draws stay float32
             out = _as(out, dtype)
             free = None if free is None else _as(free, dtype)

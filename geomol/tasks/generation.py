@@ -200,6 +200,7 @@ class GenerationTask(GeomolTask):
         progress: bool = False,
         precision: str = "32",
         guidance: float | None = None,
+        guidance_interval: Sequence[float] | None = None,
     ) -> list[Chem.Mol]:
         """Generate molecules as RDKit molecules with 3D conformers: :meth:`MoleculeGenerator.sample
         <geomol.flows.generator.MoleculeGenerator.sample>` of this task's network, flow and statistics
@@ -211,4 +212,5 @@ class GenerationTask(GeomolTask):
         return MoleculeGenerator.from_task(self).sample(
             num_molecules, condition=condition, n_atoms=n_atoms, steps=steps, eta=eta, temperature=temperature,
             batch_size=batch_size, seed=seed, progress=progress, precision=precision, guidance=guidance,
+            guidance_interval=guidance_interval,
         )  # fmt: skip

@@ -332,6 +332,8 @@ def read_record(path):
         (["temperature=0"], "temperature must be positive, got 0"),
         (["guidance=-1"], "guidance must be at least 0.0, got -1"),
         (["guidance=2"], "guidance=2 needs a generator trained with model.condition_dropout > 0"),
+        (["guidance_interval=[0.5]"], "guidance_interval must be two numbers [t_lo,t_hi], got [0.5]"),
+        (["guidance_interval=[0.8,0.2]"], "guidance_interval must be [t_lo, t_hi] with 0 <= t_lo < t_hi <= 1"),
         (["device=tpu"], "device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
         (["device=meta"], "device must be auto, cpu, cuda or cuda:N, got 'meta'"),
         (["progress=maybe"], "progress must be true or false, got 'maybe'"),

@@ -117,3 +117,22 @@ def test_classifier_free_guidance_mixes_conditional_and_null_predictions(weight)
     assert not torch.allclose(guided.pos, plain.pos)
     with pytest.raises(ValueError, match="needs a conditional field"):
         euler_sample(_tiny_field(), flow, torch.tensor([3]), steps=2, guidance=2.0)
+
+
+def test_guidance_interval_guides_only_its_steps():
+    field = _tiny_field(num_properties=1).double()
+    flow = MolecularFlow()
+    cond = torch.tensor([[1.5], [-0.5]], dtype=torch.float64)
+
+    def run(**kw):
+        gen = torch.Generator().manual_seed(5)
+        return euler_sample(field, flow, torch.tensor([4, 6]), cond, steps=5, generator=gen, **kw)[0]
+
+    plain, full = run(), run(guidance=3.0)
+    assert torch.equal(run(guidance=3.0, guidance_interval=(0.0, 1.0)).pos, full.pos)
+    assert torch.equal(run(guidance=3.0, guidance_interval=(0.85, 1.0)).pos, plain.pos)  # steps start at 0 … 0.8
+    # Guiding the first steps only moves the molecules less than guiding them all.
+    early = run(guidance=3.0, guidance_interval=(0.0, 0.5))
+    assert 0 < float((early.pos - plain.pos).abs().max()) < float((full.pos - plain.pos).abs().max())
+    with pytest.raises(ValueError, match="guidance_interval must be"):
+        run(guidance=2.0, guidance_interval=(0.5, 0.5))
