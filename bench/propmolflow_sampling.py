@@ -30,6 +30,7 @@ on CUDA the table compares precisions against fp32 and against the 300 molecules
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import time
 from contextlib import nullcontext
@@ -46,6 +47,7 @@ from geomol.flows.generator import GENERATION_TASK, MoleculeGenerator
 from geomol.flows.molecule import MolecularFlow, MoleculeState
 from geomol.flows.sampler import euler_sample
 from geomol.models.propmolflow import PropMolFlow
+from geomol.nn.gvp import compile_edge_blocks
 from geomol.tasks.base import plain_config
 
 FIXTURE = Path(__file__).parents[1] / "tests" / "fixtures" / "qm9" / "qm9_fixture.csv"
@@ -65,12 +67,18 @@ GPU_PEAKS = {
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--ckpt", default=None, help="a trained field and its sampler settings (path or pretrained name)")
+    parser.add_argument(
+        "--ckpt", default=None, help="a trained field and its sampler settings (path or pretrained name)"
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="molecules sampled together (16, or the ckpt's)")
     parser.add_argument("--steps", type=int, default=100, help="Euler steps timed per row")
-    parser.add_argument("--scale-steps", type=int, default=None, help="molecules/s at this many steps (100, or the ckpt's)")
+    parser.add_argument(
+        "--scale-steps", type=int, default=None, help="molecules/s at this many steps (100, or the ckpt's)"
+    )
     parser.add_argument("--versions", nargs="+", default=["before", "after"], choices=["before", "after"])
-    parser.add_argument("--check", type=int, default=8, help="molecules sampled by both versions and compared (0: none)")
+    parser.add_argument(
+        "--check", type=int, default=8, help="molecules sampled by both versions and compared (0: none)"
+    )
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per row (the best is kept)")
     parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "tf32", "bf16"])
     parser.add_argument("--threads", type=int, default=1, help="CPU threads")
@@ -79,6 +87,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--edge-features", type=int, default=128)
     parser.add_argument("--updates", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="add a row with the GVP layers' per-edge work compiled (generate compile=true)",
+    )
     return parser.parse_args()
 
 
@@ -156,7 +169,9 @@ def build_fields(args, device: torch.device):
         field, sampling, num_properties = generator.net, {**sampling, **generator.sampling}, len(generator.condition)
         kwargs = {k: v for k, v in plain_config(task.hparams.net).items() if k != "_target_"}
     else:
-        kwargs = dict(scalars=args.scalars, vectors=args.vectors, edge_features=args.edge_features, n_updates=args.updates)
+        kwargs = dict(
+            scalars=args.scalars, vectors=args.vectors, edge_features=args.edge_features, n_updates=args.updates
+        )
         field, num_properties = PropMolFlow(**kwargs).to(device), 0
     field.eval()
     old = before.load(BEFORE, *BEFORE_MODULES) if "before" in args.versions else None
@@ -198,7 +213,11 @@ def main() -> None:
     n_atoms = pool[torch.randint(0, pool.numel(), (batch_size,), generator=torch.Generator().manual_seed(0))]
     condition = torch.zeros(batch_size, num_properties, device=device) if num_properties else None
     flops_step = matrix_flops_per_step(field, n_atoms, device, condition)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_description()}; {args.threads} thread(s)"
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{cpu_description()}; {args.threads} thread(s)"
+    )
     print(f"device {device} ({where})")
     print(
         f"field {args.ckpt or 'random weights'}: {sum(p.numel() for p in field.parameters()) / 1e6:.2f} M parameters; "
@@ -215,6 +234,8 @@ def main() -> None:
     plan = [(v, "") for v in versions]
     if device.type == "cpu":
         plan += [(v, " +malloc") for v in versions]
+    if args.compile and "after" in versions:
+        plan.append(("after", " +malloc +compile" if device.type == "cpu" else " +compile"))
     rows = []
     for precision in args.precisions:
         if precision == "tf32" and device.type != "cuda":
@@ -225,6 +246,7 @@ def main() -> None:
             if malloc:
                 before.tuned_malloc()
             net, sample = versions[version]
+            compile_edge_blocks(net, "compile" in malloc)  # the first (warm-up) run compiles
             best = float("inf")
             for repeat in range(args.repeats + 1):  # the first run warms up (allocator, kernels)
                 steps = 2 if repeat == 0 else args.steps
@@ -242,6 +264,7 @@ def main() -> None:
             achieved = flops_step / best / 1e12
             rows.append((precision, version + malloc, best * 1e3, mols_per_s, flops_step * scale / batch_size / 1e9,
                          achieved, achieved / peak, peak_source))  # fmt: skip
+    compile_edge_blocks(field, False)
     base = rows[0][3] if rows else 1.0
     print(f"{'precision':<10s} {'version':<16s} {'ms/step':>9s} {f'mol/s@{scale}':>10s} {'vs first':>9s} "
           f"{'vs 300/s':>9s} {'GFLOP/mol':>10s} {'TFLOP/s':>8s} {'of peak':>8s}  peak")  # fmt: skip
@@ -254,6 +277,13 @@ def main() -> None:
         counts = n_atoms[: args.check]
         print(compare(field, old_field, old_sample, flow, counts, None if condition is None else condition[: args.check],
                       sampling, args.seed))  # fmt: skip
+    if args.check > 0 and args.compile:
+        counts = n_atoms[: args.check]
+        twin = copy.deepcopy(field)
+        compile_edge_blocks(twin)
+        print("eager vs compiled blocks: " + compare(
+            twin, field, euler_sample, flow, counts, None if condition is None else condition[: args.check],
+            sampling, args.seed))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -13,10 +13,13 @@ Before the timings, one batch's loss and gradients are compared between the vers
 noise).
 Modes: ``fp32`` (geomol's default), ``bf16`` (``trainer.precision=bf16-mixed``: matrix products in bfloat16,
 weights, losses and optimizer in float32; emulated, very slow, on CPUs without AVX512-BF16), ``compile``
-(``torch.compile`` of the vector field, compile time reported separately) and ``compile-bf16`` (both).
+(``torch.compile`` of the vector field, compile time reported separately), ``compile-bf16`` (both), ``blocks``
+and ``blocks-bf16`` (``model.compile=true``: only the GVP layers' per-edge work compiled,
+:func:`geomol.nn.gvp.compile_edge_blocks`; ``after`` rows only).
 
     python bench/propmolflow_train_step.py                       # 1 thread, fp32, three sizes
     python bench/propmolflow_train_step.py --threads 2 --modes fp32 bf16 compile --sizes shipped
+    python bench/propmolflow_train_step.py --versions after --modes fp32 blocks bf16 blocks-bf16 --sizes shipped paper
 
 Run it on a quiet machine (pause training jobs); it prints the CPU model and ISA it ran on.
 """
@@ -34,6 +37,7 @@ import torch
 from machine import cpu_description  # bench/machine.py (bench/ is on sys.path when a script runs)
 
 from geomol.data.generation import QM9GenerationDataModule
+from geomol.nn.gvp import compile_edge_blocks
 from geomol.tasks.generation import GenerationTask
 
 FIXTURE = Path(__file__).parents[1] / "tests" / "fixtures" / "qm9"
@@ -41,9 +45,7 @@ FIXTURE = Path(__file__).parents[1] / "tests" / "fixtures" / "qm9"
 BEFORE = "3a2d3f47ea02652a959b889c4dc93f9b03bb05f8"
 BEFORE_MODULES = ("geomol.nn.gvp", "geomol.models.propmolflow")
 SIZES = {
-    "small": dict(
-        scalars=64, vectors=8, edge_features=32, n_updates=4, n_message_gvps=2, n_update_gvps=2, rbf_dim=16
-    ),
+    "small": dict(scalars=64, vectors=8, edge_features=32, n_updates=4, n_message_gvps=2, n_update_gvps=2, rbf_dim=16),
     "shipped": dict(
         scalars=128, vectors=16, edge_features=64, n_updates=5, n_message_gvps=2, n_update_gvps=2, rbf_dim=16
     ),
@@ -51,10 +53,13 @@ SIZES = {
 }
 
 
+MODES = ["fp32", "bf16", "compile", "compile-bf16", "blocks", "blocks-bf16"]
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=["small", "shipped", "paper"], choices=list(SIZES))
-    parser.add_argument("--modes", nargs="+", default=["fp32"], choices=["fp32", "bf16", "compile", "compile-bf16"])
+    parser.add_argument("--modes", nargs="+", default=["fp32"], choices=MODES)
     parser.add_argument("--versions", nargs="+", default=["before", "after"], choices=["before", "after"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -115,14 +120,18 @@ def main() -> None:
             print(f"{size}: {gradient_check(size, kwargs, old, batches[0])}", flush=True)
         for mode in args.modes:
             for version, malloc in plan:
+                if mode.startswith("blocks") and version == "before":
+                    continue  # the layers of commit BEFORE have no compiled blocks
                 if malloc:
                     before.tuned_malloc()
                 task = build_task(size, kwargs, version, old)
                 opt = torch.optim.Adam(task.parameters(), lr=1e-4)
                 note = ""
+                start = time.perf_counter()
                 if mode.startswith("compile"):
-                    start = time.perf_counter()
                     task.net = torch.compile(task.net, dynamic=True)
+                elif mode.startswith("blocks"):
+                    compile_edge_blocks(task.net)
                 bf16 = mode.endswith("bf16")
                 context = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
 
@@ -135,7 +144,7 @@ def main() -> None:
 
                 for batch in batches[:2]:  # warm-up (and compilation)
                     step(batch)
-                if mode.startswith("compile"):
+                if mode.startswith(("compile", "blocks")):
                     note = f"compile + 2 warm-up steps {time.perf_counter() - start:.0f} s"
                 times = []
                 for batch in copy.copy(batches[2:]):
@@ -145,11 +154,15 @@ def main() -> None:
                 median = sorted(times)[len(times) // 2]
                 params = sum(p.numel() for p in task.parameters()) / 1e6
                 rows.append((size, params, mode, version + malloc, median, mols / median, note))
-    print(f"{'size':<8s} {'params':>8s} {'mode':<8s} {'version':<16s} {'ms/step':>8s} {'mol/s':>8s} {'vs first':>8s}  note")
+    print(
+        f"{'size':<8s} {'params':>8s} {'mode':<8s} {'version':<16s} {'ms/step':>8s} {'mol/s':>8s} {'vs first':>8s}  note"
+    )
     first = {}
     for size, params, mode, version, median, rate, note in rows:
         base = first.setdefault(size, rate)
-        print(f"{size:<8s} {params:7.2f}M {mode:<8s} {version:<16s} {median * 1e3:8.0f} {rate:8.1f} {rate / base:8.2f}  {note}")
+        print(
+            f"{size:<8s} {params:7.2f}M {mode:<8s} {version:<16s} {median * 1e3:8.0f} {rate:8.1f} {rate / base:8.2f}  {note}"
+        )
 
 
 if __name__ == "__main__":

@@ -121,6 +121,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         raise ValueError(f"precision must be 32 or bf16, got {cfg.precision!r}")
     grid = int_option(cfg, "grid", minimum=1)
     progress, trust = bool_option(cfg, "progress"), bool_option(cfg, "trust_checkpoint")
+    compiled = bool_option(cfg, "compile")
     n_atoms = OmegaConf.to_container(cfg.n_atoms) if OmegaConf.is_list(cfg.n_atoms) else cfg.n_atoms
     items = n_atoms if isinstance(n_atoms, list) else [n_atoms]
     if n_atoms is not None and (
@@ -141,7 +142,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     regressor = load_regressor(cfg.regressor, device, trust) if cfg.regressor else None
     condition = OmegaConf.to_container(cfg.condition)
     start = time.perf_counter()
-    mols = generator.sample(num, condition=condition, n_atoms=n_atoms, progress=progress, precision=precision, **opts)
+    mols = generator.sample(
+        num, condition=condition, n_atoms=n_atoms, progress=progress, precision=precision, compile=compiled, **opts
+    )
     seconds = time.perf_counter() - start
     metrics = molecule_metrics(mols)
     metrics["molecules_per_second"] = len(mols) / seconds

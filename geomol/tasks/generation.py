@@ -21,6 +21,7 @@ from geomol.flows.generator import DEFAULT_SAMPLING, MoleculeGenerator, availabl
 from geomol.flows.molecule import CHARGES, MODALITIES, MolecularFlow, MoleculeState
 from geomol.flows.sampler import AtomCounts
 from geomol.metrics.summary import molecule_metrics
+from geomol.nn.gvp import compile_edge_blocks
 from geomol.tasks.base import GeomolTask, build_network, plain_config
 
 __all__ = ["GenerationTask", "CHARGES", "available_memory"]
@@ -52,6 +53,8 @@ class GenerationTask(GeomolTask):
             learns the unconditional flow, which classifier-free ``guidance`` at sampling needs); 0: never.
         val_molecules: molecules sampled for the validation metrics (0: never sample).
         sample_every_n_epochs: sample and score molecules every this many validation epochs.
+        compile: run the GVP layers' per-edge work through ``torch.compile``
+            (:func:`~geomol.nn.gvp.compile_edge_blocks`); a speed switch, the same results up to rounding.
         **optimization: ``optimizer``, ``scheduler``, ``scheduler_interval``, ``monitor``
             (:class:`~geomol.tasks.base.GeomolTask`).
     """
@@ -74,6 +77,7 @@ class GenerationTask(GeomolTask):
         condition_dropout: float = 0.0,
         val_molecules: int = 32,
         sample_every_n_epochs: int = 10,
+        compile: bool = False,
         **optimization,
     ) -> None:
         super().__init__(**optimization)
@@ -120,6 +124,8 @@ class GenerationTask(GeomolTask):
                 f"the network must predict {len(ELEMENTS)} elements ({', '.join(ELEMENTS)}) and {len(CHARGES)} "
                 f"charges ({CHARGES[0]}..+{CHARGES[-1]}), got {self.net.num_atom_types} and {self.net.num_charges}"
             )
+        # A speed switch, not a weight (see geomol.nn.gvp.compile_edge_blocks); nets without GVP layers ignore it.
+        compile_edge_blocks(self.net, bool(compile))
         self.flow = MolecularFlow(
             self.net.num_atom_types, self.net.num_charges, self.net.num_bond_types, **self.hparams.flow
         )

@@ -178,3 +178,48 @@ def test_vector_norm_is_the_clamped_length():
     v = torch.randn(9, 3, 4, dtype=torch.float64)
     v[0] = 0.0
     torch.testing.assert_close(vector_norm(v), v.pow(2).sum(-2).clamp_min(1e-8).sqrt(), rtol=0, atol=0)
+
+
+@pytest.mark.skipif(
+    __import__("shutil").which(__import__("os").environ.get("CXX", "c++")) is None,
+    reason="torch.compile needs a C++ compiler on the CPU",
+)
+def test_compiled_edge_blocks_equal_eager_and_follow_each_layers_weights(monkeypatch):
+    # compile_edge_blocks: the same outputs and gradients as the eager blocks (several blocks, a ragged last
+    # one), and a copy of a switched layer (as EMA makes) computes with its own weights, not the original's.
+    import copy
+
+    from geomol.nn.gvp import compile_edge_blocks
+
+    monkeypatch.setattr("geomol.nn.gvp.EDGE_BLOCK", 8)
+    torch.manual_seed(0)
+    conv, refresh = GVPConv(6, 3, 4, 5, n_cp_feats=2, message_norm=3.0), GVPEdgeUpdate(6, 4, 5)
+    layers = torch.nn.ModuleList([conv, refresh])
+    edge_index = full_graph(torch.tensor([0, 0, 0, 0, 1, 1, 1]))  # 18 edges: blocks of 8, 8, 2
+    num_edges = edge_index.size(1)
+    tensors = (torch.randn(7, 6), torch.randn(7, 3, 3), torch.randn(num_edges, 3), torch.randn(num_edges, 5),
+               torch.randn(num_edges, 4))  # fmt: skip
+
+    def run(layers):
+        inputs = [x.clone().requires_grad_() for x in tensors]
+        s, v, unit, rbf, e = inputs
+        layers.zero_grad()
+        h, w = layers[0](s, v, edge_index, unit, rbf, e)
+        e_new = layers[1](h, edge_index, e, rbf)
+        (h.pow(2).sum() + w.sin().sum() + e_new.cos().sum()).backward()
+        return [h, w, e_new, *(x.grad for x in inputs), *(p.grad for p in layers.parameters())]
+
+    eager = run(layers)
+    assert compile_edge_blocks(layers) == 2 and conv.compiled and refresh.compiled
+    for a, b in zip(run(layers), eager):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    twin = copy.deepcopy(layers)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(1.5)
+    compiled_twin = run(twin)
+    compile_edge_blocks(twin, enabled=False)
+    assert not twin[0].compiled
+    for a, b in zip(compiled_twin, run(twin)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(compiled_twin[0], eager[0])
