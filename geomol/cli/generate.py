@@ -87,6 +87,14 @@ def _legend(k: int, mol: Chem.Mol, names: Sequence[str]) -> str:
     return f"#{k}" + (f" ({tags})" if tags else "")
 
 
+def _variables(value) -> list[str] | None:
+    """``guidance_on=[x,a]`` (or one name, ``guidance_on=a``) as a list of names (checked by the sampler), or None."""
+    if value is None:
+        return None
+    items = OmegaConf.to_container(value) if OmegaConf.is_list(value) else [value]
+    return [str(v) for v in items]
+
+
 def _interval(value) -> list[float] | None:
     """``guidance_interval=[t_lo,t_hi]`` as two numbers (their range is checked by the sampler), or None."""
     if value is None:
@@ -114,6 +122,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         "temperature": float_option(cfg, "temperature", positive=True, optional=True),
         "guidance": float_option(cfg, "guidance", minimum=0.0, optional=True),
         "guidance_interval": _interval(cfg.guidance_interval),
+        "guidance_on": _variables(cfg.guidance_on),
         "seed": int_option(cfg, "seed"),
     }
     precision = str(cfg.precision)
@@ -153,10 +162,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
     interval = (
         generator.sampling["guidance_interval"] if opts["guidance_interval"] is None else opts["guidance_interval"]
     )
+    guided = generator.sampling["guidance_on"] if opts["guidance_on"] is None else opts["guidance_on"]
     if float(guidance) != 1.0:
         what += f", guidance {guidance:g}" + (
             f" for t in [{interval[0]:g}, {interval[1]:g})" if tuple(interval) != (0, 1) else ""
         )
+        what += f" on {','.join(guided)}" if sorted(guided) != sorted("xace") else ""
     print_metrics(metrics, f"Generated {len(mols)} molecules ({what}) -> {output}, {png}:")
     if regressor is not None:
         record = regressor_record(cfg.regressor)

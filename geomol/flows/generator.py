@@ -29,8 +29,8 @@ from geomol.checkpoints import load_task
 from geomol.data.chem import ATOMIC_NUMBERS, ELEMENTS, mol_from_graph
 from geomol.devices import is_out_of_memory
 from geomol.flows.bonds import bonds_from_pairs
-from geomol.flows.molecule import CHARGES, MolecularFlow, MoleculeState
-from geomol.flows.sampler import AtomCounts, euler_sample, split_molecules
+from geomol.flows.molecule import CHARGES, MODALITIES, MolecularFlow, MoleculeState
+from geomol.flows.sampler import AtomCounts, check_guidance_on, euler_sample, split_molecules
 from geomol.metrics.conditional import quantile_sample
 from geomol.metrics.validity import sanitized
 from geomol.nn.gvp import compile_edge_blocks
@@ -43,7 +43,8 @@ __all__ = ["MoleculeGenerator", "ConditionStatistics", "DEFAULT_SAMPLING", "avai
 log = logging.getLogger("geomol")
 
 DEFAULT_SAMPLING = {
-    "steps": 100, "eta": 10.0, "temperature": 0.05, "batch_size": 128, "guidance": 1.0, "guidance_interval": [0.0, 1.0]
+    "steps": 100, "eta": 10.0, "temperature": 0.05, "batch_size": 128, "guidance": 1.0, "guidance_interval": [0.0, 1.0],
+    "guidance_on": ["x", "a", "c", "e"],
 }  # fmt: skip
 # Atomic number of each element class of the flow.
 TYPE_TO_Z = torch.tensor([ATOMIC_NUMBERS[s] for s in ELEMENTS])
@@ -358,6 +359,7 @@ class MoleculeGenerator:
         precision: str | None = None,
         guidance: float | None = None,
         guidance_interval: Sequence[float] | None = None,
+        guidance_on: Sequence[str] | None = None,
         compile: bool | None = None,
     ) -> list[Chem.Mol]:
         """Generate molecules as RDKit molecules with 3D conformers (sanitized where RDKit accepts them).
@@ -379,6 +381,8 @@ class MoleculeGenerator:
                 evaluations per step); only for generators trained with ``condition_dropout > 0``.
             guidance_interval: ``(t_lo, t_hi)``: guide only the steps starting in that time interval
                 (see :func:`~geomol.flows.sampler.euler_sample`).
+            guidance_on: the variables guidance mixes, some of ``x``, ``a``, ``c``, ``e`` (positions, atom types,
+                charges, bonds); the others follow the conditional field.
             compile: run the field's per-edge work through ``torch.compile`` for this call
                 (:func:`~geomol.nn.gvp.compile_edge_blocks`: the same molecules up to float rounding, faster
                 once compiled; the first batch pays the compilation); ``None`` leaves the field as it is.
@@ -394,7 +398,7 @@ class MoleculeGenerator:
         opts = {**self.sampling}
         chosen = dict(
             steps=steps, eta=eta, temperature=temperature, batch_size=batch_size, guidance=guidance,
-            guidance_interval=guidance_interval,
+            guidance_interval=guidance_interval, guidance_on=guidance_on,
         )  # fmt: skip
         for key, value in chosen.items():
             if value is not None:
@@ -405,6 +409,7 @@ class MoleculeGenerator:
         interval = tuple(float(v) for v in opts["guidance_interval"])
         if len(interval) != 2 or not 0.0 <= interval[0] < interval[1] <= 1.0:
             raise ValueError(f"guidance_interval must be [t_lo, t_hi] with 0 <= t_lo < t_hi <= 1, got {list(interval)}")
+        guided_variables = sorted(check_guidance_on(opts["guidance_on"]), key=MODALITIES.index)
         precision = self.precision if precision is None else precision
         self._check_precision(precision)
         device = self.device
@@ -444,6 +449,7 @@ class MoleculeGenerator:
                         precision=precision,
                         guidance=float(opts["guidance"]),
                         guidance_interval=interval,
+                        guidance_on=guided_variables,
                     )
                 except (torch.OutOfMemoryError, RuntimeError) as err:
                     if not is_out_of_memory(err):

@@ -29,10 +29,10 @@ from torch_geometric.utils import scatter
 from geomol.devices import reuse_freed_memory, warn_slow_bf16
 from geomol.flows.bonds import upper_pairs
 from geomol.flows.interpolants import position_step
-from geomol.flows.molecule import MolecularFlow, MoleculeState
+from geomol.flows.molecule import MODALITIES, MolecularFlow, MoleculeState
 from geomol.flows.priors import center
 
-__all__ = ["AtomCounts", "euler_sample", "split_molecules"]
+__all__ = ["AtomCounts", "euler_sample", "split_molecules", "check_guidance_on"]
 
 
 class AtomCounts:
@@ -121,6 +121,7 @@ def euler_sample(
     precision: str = "32",
     guidance: float = 1.0,
     guidance_interval: tuple[float, float] = (0.0, 1.0),
+    guidance_on: Sequence[str] = MODALITIES,
 ) -> tuple[MoleculeState, Tensor, Tensor]:
     """Integrate the flow from the prior to molecules with the given numbers of atoms.
 
@@ -143,6 +144,8 @@ def euler_sample(
             module docstring).
         guidance_interval: ``(t_lo, t_hi)``, ``0 ≤ t_lo < t_hi ≤ 1``: the steps starting at ``t`` in
             ``[t_lo, t_hi)`` are guided, the others are not (``(0, 1)``: every step).
+        guidance_on: the variables the guidance mixes, a subset of ``x`` (positions), ``a`` (atom types),
+            ``c`` (charges), ``e`` (bonds); the others follow the conditional field alone.
 
     Returns:
         (molecule state at ``t = 1``, batch ``[N]``, pairs ``[2, P]``); no token is left in its mask state.
@@ -159,6 +162,7 @@ def euler_sample(
         raise ValueError(
             f"guidance_interval must be [t_lo, t_hi] with 0 <= t_lo < t_hi <= 1, got {list(guidance_interval)}"
         )
+    guided_variables = check_guidance_on(guidance_on)
     n_atoms = torch.as_tensor(n_atoms, dtype=torch.long)
     if n_atoms.dim() != 1 or n_atoms.numel() == 0 or bool((n_atoms < 1).any()):
         raise ValueError("n_atoms must be a non-empty 1-D list of positive atom counts")
@@ -197,7 +201,9 @@ def euler_sample(
             out = _as(out, dtype)
             free = None if free is None else _as(free, dtype)
         if free is not None:
-            out = type(out)(*(f + guidance * (c - f) for c, f in zip(out, free)))
+            out = type(out)(
+                *(f + guidance * (c - f) if m in guided_variables else c for m, c, f in zip(MODALITIES, out, free))
+            )
         a_t = {m: float(alphas[m][k]) for m in alphas}
         a_s = {m: float(alphas[m][k + 1]) for m in alphas}
         pos = position_step(state.pos, out.pos, a_t["x"], a_s["x"])
@@ -214,6 +220,18 @@ def euler_sample(
         if on_step is not None:
             on_step()
     return state, batch, pairs
+
+
+def check_guidance_on(guidance_on: Sequence[str]) -> frozenset[str]:
+    """The guided variables as a set; a one-line error for an empty or unknown choice."""
+    chosen = [guidance_on] if isinstance(guidance_on, str) else list(guidance_on)
+    unknown = [m for m in chosen if m not in MODALITIES]
+    if not chosen or unknown:
+        raise ValueError(
+            f"guidance_on must list some of {', '.join(MODALITIES)} (positions, atom types, charges, bonds), "
+            f"got {chosen}"
+        )
+    return frozenset(chosen)
 
 
 def _as(out, dtype: torch.dtype):

@@ -169,6 +169,8 @@ def test_a_regressor_checkpoint_is_refused_as_generator(regressor, tmp_path, cap
         (["output={tmp}/missing/mols.sdf"], "geomol: error: output folder does not exist: {tmp}/missing"),
         (["output={tmp}/mols.xyz"], "geomol: error: output must be an .sdf file, got {tmp}/mols.xyz"),
         (["precision=fp16"], "geomol: error: precision must be 32 or bf16, got 'fp16'"),
+        (["guidance_on=[x,q]"], "geomol: error: guidance_on must list some of x, a, c, e (positions, atom types, "
+                                "charges, bonds), got ['x', 'q']"),
     ],
 )
 def test_generate_bad_arguments(checkpoint, tmp_path, capsys, args, message):
@@ -184,7 +186,7 @@ def test_generate_bad_arguments(checkpoint, tmp_path, capsys, args, message):
 
 def test_unknown_keys_are_one_line(tmp_path, capsys):
     for main, args, message in [
-        (generate_main, ["ckpt=x.ckpt", "num_molecule=3"], "geomol: error: unknown config key num_molecule; the top level has batch_size, ckpt, condition, "),
+        (generate_main, ["ckpt=x.ckpt", "num_molecule=3"], "geomol: error: unknown config key num_molecule; the top level has batch_size, ckpt, compile, condition, "),
         (evaluate_main, ["sdf=x.sdf", "regresor=r.ckpt"], "geomol: error: unknown config key regresor; the top level has device, output, png, regressor, "),
     ]:  # fmt: skip
         with pytest.raises(SystemExit) as exit_info:

@@ -90,14 +90,14 @@ class _Combined(torch.nn.Module):
     """The guided step computed independently: the field's conditional and unconditional endpoint
     predictions mixed as ``u + w (c - u)`` outside the sampler, which then samples with guidance 1."""
 
-    def __init__(self, field, weight):
+    def __init__(self, field, weight, variables=(0, 1, 2, 3)):
         super().__init__()
-        self.field, self.weight = field, weight
+        self.field, self.weight, self.variables = field, weight, variables  # indices into (pos, atom, charge, bond)
 
     def forward(self, state, condition):
         c = self.field(state, condition)
         u = self.field(state, condition, unconditional=torch.ones(state.t.numel(), dtype=torch.bool))
-        return type(c)(*(b + self.weight * (a - b) for a, b in zip(c, u)))
+        return type(c)(*(b + self.weight * (a - b) if k in self.variables else a for k, (a, b) in enumerate(zip(c, u))))
 
 
 @pytest.mark.parametrize("weight", [0.0, 2.5])
@@ -136,3 +136,23 @@ def test_guidance_interval_guides_only_its_steps():
     assert 0 < float((early.pos - plain.pos).abs().max()) < float((full.pos - plain.pos).abs().max())
     with pytest.raises(ValueError, match="guidance_interval must be"):
         run(guidance=2.0, guidance_interval=(0.5, 0.5))
+
+
+@pytest.mark.parametrize("guidance_on,variables", [(["a"], (1,)), (["x", "e"], (0, 3)), ("c", (2,))])
+def test_guidance_on_mixes_only_the_chosen_variables(guidance_on, variables):
+    field = _tiny_field(num_properties=1).double()
+    flow = MolecularFlow()
+    cond = torch.tensor([[1.5], [-0.5]], dtype=torch.float64)
+
+    def run(net, **kw):
+        gen = torch.Generator().manual_seed(5)
+        return euler_sample(net, flow, torch.tensor([4, 6]), cond, steps=5, generator=gen, **kw)[0]
+
+    guided = run(field, guidance=2.5, guidance_on=guidance_on)
+    reference = run(_Combined(field, 2.5, variables))
+    torch.testing.assert_close(guided.pos, reference.pos)
+    for name in ("atom_type", "charge", "bond_type"):
+        assert torch.equal(getattr(guided, name), getattr(reference, name))
+    for bad in ([], ["x", "q"]):
+        with pytest.raises(ValueError, match="guidance_on must list some of x, a, c, e"):
+            run(field, guidance=2.0, guidance_on=bad)
