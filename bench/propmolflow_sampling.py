@@ -266,11 +266,11 @@ def main() -> None:
                          achieved, achieved / peak, peak_source))  # fmt: skip
     compile_edge_blocks(field, False)
     base = rows[0][3] if rows else 1.0
-    print(f"{'precision':<10s} {'version':<16s} {'ms/step':>9s} {f'mol/s@{scale}':>10s} {'vs first':>9s} "
+    print(f"{'precision':<10s} {'version':<22s} {'ms/step':>9s} {f'mol/s@{scale}':>10s} {'vs first':>9s} "
           f"{'vs 300/s':>9s} {'GFLOP/mol':>10s} {'TFLOP/s':>8s} {'of peak':>8s}  peak")  # fmt: skip
     for precision, version, ms, mps, gflop_mol, achieved, frac, source in rows:
         print(
-            f"{precision:<10s} {version:<16s} {ms:9.1f} {mps:10.2f} {mps / base:9.2f} {mps / TARGET_MOLS_PER_S:9.3f} "
+            f"{precision:<10s} {version:<22s} {ms:9.1f} {mps:10.2f} {mps / base:9.2f} {mps / TARGET_MOLS_PER_S:9.3f} "
             f"{gflop_mol:10.1f} {achieved:8.3f} {frac:8.2%}  {source}"
         )
     if args.check > 0 and old_field is not None:

@@ -155,13 +155,13 @@ def main() -> None:
                 params = sum(p.numel() for p in task.parameters()) / 1e6
                 rows.append((size, params, mode, version + malloc, median, mols / median, note))
     print(
-        f"{'size':<8s} {'params':>8s} {'mode':<8s} {'version':<16s} {'ms/step':>8s} {'mol/s':>8s} {'vs first':>8s}  note"
+        f"{'size':<8s} {'params':>8s} {'mode':<11s} {'version':<16s} {'ms/step':>8s} {'mol/s':>8s} {'vs first':>8s}  note"
     )
     first = {}
     for size, params, mode, version, median, rate, note in rows:
         base = first.setdefault(size, rate)
         print(
-            f"{size:<8s} {params:7.2f}M {mode:<8s} {version:<16s} {median * 1e3:8.0f} {rate:8.1f} {rate / base:8.2f}  {note}"
+            f"{size:<8s} {params:7.2f}M {mode:<11s} {version:<16s} {median * 1e3:8.0f} {rate:8.1f} {rate / base:8.2f}  {note}"
         )
 
 

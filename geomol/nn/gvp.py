@@ -70,7 +70,7 @@ def _maybe_compiled(fn, compiled: bool):
     if not compiled or torch.compiler.is_compiling():
         return fn
     if fn not in _COMPILED:
-        _COMPILED[fn] = torch.compile(fn, dynamic=None)
+        _COMPILED[fn] = torch.compile(fn, dynamic=True)
     return _COMPILED[fn]
 
 
