@@ -105,18 +105,20 @@ def check_checkpoint_task(cfg: DictConfig, ckpt: str, checkpoint: dict) -> None:
     """``ckpt_path`` (loaded as ``checkpoint``) must hold the task this config trains (one line otherwise)."""
     from hydra.utils import get_class
 
-    from ..checkpoints import TASK_KEY
-
-    stored = checkpoint.get(TASK_KEY)
     try:
         wanted = get_class(cfg.model._target_)
     except Exception:  # an unknown target fails with its own one-line error when the task is built
         return
-    name = f"{wanted.__module__}.{wanted.__qualname__}"
-    if stored is not None and stored != name:
-        raise ValueError(
-            f"checkpoint {ckpt} holds a {stored.rsplit('.', 1)[-1]}, but this run trains a {wanted.__name__}"
-        )
+    _same_task(checkpoint, wanted, f"checkpoint {ckpt}")
+
+
+def _same_task(checkpoint: dict, wanted: type, source: str) -> None:
+    """The task class stored in ``checkpoint`` (if any) must be ``wanted``; one line naming both otherwise."""
+    from ..checkpoints import TASK_KEY
+
+    stored = checkpoint.get(TASK_KEY)
+    if stored is not None and stored != f"{wanted.__module__}.{wanted.__qualname__}":
+        raise ValueError(f"{source} holds a {stored.rsplit('.', 1)[-1]}, but this run trains a {wanted.__name__}")
 
 
 def build_loggers(config: DictConfig | None) -> list | bool:
@@ -190,15 +192,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
 def init_weights(task: pl.LightningModule, path: str) -> None:
     """Load the weights of checkpoint ``path`` (a path or a pretrained name, read safely) into ``task``:
     the same task class and parameter shapes, or one line naming what differs."""
-    from ..checkpoints import TASK_KEY
-
     checkpoint = read_checkpoint(path)
-    wanted = f"{type(task).__module__}.{type(task).__qualname__}"
-    stored = checkpoint.get(TASK_KEY)
-    if stored is not None and stored != wanted:
-        raise ValueError(
-            f"init_from={path} holds a {stored.rsplit('.', 1)[-1]}, but this run trains a {type(task).__name__}"
-        )
+    _same_task(checkpoint, type(task), f"init_from={path}")
     own = task.state_dict()
     weights = checkpoint["state_dict"]
     missing = sorted(set(own) - set(weights))
