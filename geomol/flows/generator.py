@@ -29,7 +29,7 @@ from geomol.checkpoints import load_task
 from geomol.data.chem import ATOMIC_NUMBERS, ELEMENTS, mol_from_graph
 from geomol.devices import is_out_of_memory
 from geomol.flows.bonds import bonds_from_pairs
-from geomol.flows.molecule import CHARGES, MODALITIES, MolecularFlow, MoleculeState
+from geomol.flows.molecule import CHARGES, MolecularFlow, MoleculeState
 from geomol.flows.sampler import AtomCounts, check_guidance_on, euler_sample, split_molecules
 from geomol.metrics.conditional import quantile_sample
 from geomol.metrics.validity import sanitized
@@ -409,7 +409,7 @@ class MoleculeGenerator:
         interval = tuple(float(v) for v in opts["guidance_interval"])
         if len(interval) != 2 or not 0.0 <= interval[0] < interval[1] <= 1.0:
             raise ValueError(f"guidance_interval must be [t_lo, t_hi] with 0 <= t_lo < t_hi <= 1, got {list(interval)}")
-        guided_variables = sorted(check_guidance_on(opts["guidance_on"]), key=MODALITIES.index)
+        guided_variables = check_guidance_on(opts["guidance_on"])
         precision = self.precision if precision is None else precision
         self._check_precision(precision)
         device = self.device
