@@ -21,6 +21,7 @@ from ase.data import covalent_radii
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
 from ase.md.verlet import VelocityVerlet
 from machine import cpu_description  # bench/machine.py
+from tqdm import tqdm
 
 from geomol.calculators import GeomolCalculator
 from geomol.data.rmd17 import split_file
@@ -48,6 +49,7 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=300.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (stderr)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -62,7 +64,7 @@ def main() -> None:
     md = VelocityVerlet(atoms, timestep=args.dt * units.fs)
     times, totals, stretch, broken = [], [], 0.0, False
     tic = time.perf_counter()
-    for k in range(steps + 1):
+    for k in tqdm(range(steps + 1), desc="MD steps", unit="step", mininterval=10, disable=args.no_progress):
         if k:
             md.run(1)
         if k % 10 == 0:
