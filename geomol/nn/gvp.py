@@ -52,9 +52,10 @@ def compile_edge_blocks(module: nn.Module, enabled: bool = True) -> int:
     cross products, SiLUs) on ``[E, *]`` tensors; compiled, the elementwise ones and the gathers fuse into
     loops over each block. Compiling the blocks rather than the whole network shares a few compiled graphs
     (with and without gradients, full and ragged last blocks) among every layer, batch and molecule size
-    (compiling a whole field instead recompiles for every number of blocks). The first calls compile (seconds to a minute on a CPU, with a C++ compiler); the outputs are
-    those of the eager layers up to float rounding. A flag on the layers, not a weight: checkpoints and
-    copies (EMA) are unchanged, and ``enabled=False`` switches back.
+    (compiling a whole field instead recompiles for every number of blocks). The first calls compile
+    (seconds to a minute on a CPU, with a C++ compiler); the outputs are those of the eager layers up to
+    float rounding. A flag on the layers, not a weight: checkpoints and copies (EMA) are unchanged, and
+    ``enabled=False`` switches back.
     """
     layers = [m for m in module.modules() if isinstance(m, (GVPConv, GVPEdgeUpdate))]
     for layer in layers:
