@@ -31,6 +31,7 @@ from geomol.cli.common import (
 )
 from geomol.data.chem import atomic_write, write_sdf
 from geomol.flows.generator import MoleculeGenerator
+from geomol.flows.sampler import check_guidance_interval
 from geomol.metrics.regressor import load_regressor, property_errors, regressor_record
 from geomol.metrics.summary import molecule_metrics
 
@@ -95,17 +96,24 @@ def _variables(value) -> list[str] | None:
     return [str(v) for v in items]
 
 
-def _interval(value) -> list[float] | None:
-    """``guidance_interval=[t_lo,t_hi]`` as two numbers (their range is checked by the sampler), or None."""
+def _interval(value) -> list[float] | dict[str, list[float]] | None:
+    """``guidance_interval=[t_lo,t_hi]`` as two numbers, or ``guidance_interval={e:[0,0.5]}`` as one pair per
+    variable (names and ranges are checked by the sampler), or None."""
     if value is None:
         return None
-    items = OmegaConf.to_container(value) if OmegaConf.is_list(value) else value
+    items = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    if isinstance(items, dict):
+        return {str(k): _pair(v, f"guidance_interval.{k}") for k, v in items.items()}
+    return _pair(items, "guidance_interval")
+
+
+def _pair(items, name: str) -> list[float]:
     if (
         not isinstance(items, list)
         or len(items) != 2
         or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in items)
     ):
-        raise ValueError(f"guidance_interval must be two numbers [t_lo,t_hi], got {items!r}")
+        raise ValueError(f"{name} must be two numbers [t_lo,t_hi], got {items!r}")
     return [float(v) for v in items]
 
 
@@ -164,9 +172,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     )
     guided = generator.sampling["guidance_on"] if opts["guidance_on"] is None else opts["guidance_on"]
     if float(guidance) != 1.0:
-        what += f", guidance {guidance:g}" + (
-            f" for t in [{interval[0]:g}, {interval[1]:g})" if tuple(interval) != (0, 1) else ""
-        )
+        what += f", guidance {guidance:g}" + _describe_interval(interval, guided)
         what += f" on {','.join(guided)}" if sorted(guided) != sorted("xace") else ""
     print_metrics(metrics, f"Generated {len(mols)} molecules ({what}) -> {output}, {png}:")
     if regressor is not None:
@@ -178,6 +184,22 @@ def run(cfg: DictConfig) -> dict[str, float]:
     shown = mols[:grid]
     draw_grid(shown, png, [_legend(k, m, generator.condition) for k, m in enumerate(shown)])
     return metrics
+
+
+def _describe_interval(interval, guided) -> str:
+    """`` for t in [0, 0.8)`` or `` for t in x,a,c [0, 0.8), e [0, 0.5)`` (the guided variables); empty for
+    every step."""
+    spans = check_guidance_interval(interval)
+    groups: dict[tuple[float, float], list[str]] = {}
+    for m, span in spans.items():
+        if m in guided:
+            groups.setdefault(span, []).append(m)
+    if list(groups) == [(0.0, 1.0)]:
+        return ""
+    if len(groups) == 1:
+        ((lo, hi),) = groups
+        return f" for t in [{lo:g}, {hi:g})"
+    return " for t in " + ", ".join(f"{','.join(ms)} [{lo:g}, {hi:g})" for (lo, hi), ms in groups.items())
 
 
 def _short(value) -> str:

@@ -30,7 +30,13 @@ from geomol.data.chem import ATOMIC_NUMBERS, ELEMENTS, mol_from_graph
 from geomol.devices import is_out_of_memory
 from geomol.flows.bonds import bonds_from_pairs
 from geomol.flows.molecule import CHARGES, MolecularFlow, MoleculeState
-from geomol.flows.sampler import AtomCounts, check_guidance_on, euler_sample, split_molecules
+from geomol.flows.sampler import (
+    AtomCounts,
+    check_guidance_interval,
+    check_guidance_on,
+    euler_sample,
+    split_molecules,
+)
 from geomol.metrics.conditional import quantile_sample
 from geomol.metrics.validity import sanitized
 from geomol.nn.gvp import compile_edge_blocks
@@ -358,7 +364,7 @@ class MoleculeGenerator:
         progress: bool = False,
         precision: str | None = None,
         guidance: float | None = None,
-        guidance_interval: Sequence[float] | None = None,
+        guidance_interval: Sequence[float] | Mapping[str, Sequence[float]] | None = None,
         guidance_on: Sequence[str] | None = None,
         compile: bool | None = None,
     ) -> list[Chem.Mol]:
@@ -379,8 +385,9 @@ class MoleculeGenerator:
                 :func:`~geomol.flows.sampler.euler_sample`); default :attr:`precision`.
             guidance: classifier-free guidance weight (1: none; > 1: stronger conditioning, two field
                 evaluations per step); only for generators trained with ``condition_dropout > 0``.
-            guidance_interval: ``(t_lo, t_hi)``: guide only the steps starting in that time interval
-                (see :func:`~geomol.flows.sampler.euler_sample`).
+            guidance_interval: ``(t_lo, t_hi)``: guide only the steps starting in that time interval, or a
+                mapping from variables to their own intervals, e.g. ``{"e": (0, 0.5)}`` (see
+                :func:`~geomol.flows.sampler.euler_sample`).
             guidance_on: the variables guidance mixes, some of ``x``, ``a``, ``c``, ``e`` (positions, atom types,
                 charges, bonds); the others follow the conditional field.
             compile: run the field's per-edge work through ``torch.compile`` for this call
@@ -406,9 +413,7 @@ class MoleculeGenerator:
         if opts["batch_size"] < 1:
             raise ValueError(f"batch_size must be at least 1, got {opts['batch_size']}")
         self._check_guidance(float(opts["guidance"]))
-        interval = tuple(float(v) for v in opts["guidance_interval"])
-        if len(interval) != 2 or not 0.0 <= interval[0] < interval[1] <= 1.0:
-            raise ValueError(f"guidance_interval must be [t_lo, t_hi] with 0 <= t_lo < t_hi <= 1, got {list(interval)}")
+        interval = check_guidance_interval(opts["guidance_interval"])
         guided_variables = check_guidance_on(opts["guidance_on"])
         precision = self.precision if precision is None else precision
         self._check_precision(precision)

@@ -14,7 +14,9 @@ experts ``p_∅^{1−w} p_c^w`` for the tokens); ``w > 1`` pushes molecules furt
 property. The field must have learned the null condition (``GenerationTask(condition_dropout > 0)``).
 ``guidance_interval = (t_lo, t_hi)`` guides only the steps that start in ``[t_lo, t_hi)`` and takes plain
 conditional steps elsewhere (guidance in a limited interval, Kynkäänniemi et al. 2024): the last steps, which
-settle bonds and valences, can then follow the conditional field alone.
+settle bonds and valences, can then follow the conditional field alone. ``guidance_interval`` may also be a
+mapping from variable to interval, e.g. ``{"e": (0, 0.5)}``: the bonds are guided in the first half only, the
+variables it does not name in every step.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from geomol.flows.interpolants import position_step
 from geomol.flows.molecule import MODALITIES, MolecularFlow, MoleculeState
 from geomol.flows.priors import center
 
-__all__ = ["AtomCounts", "euler_sample", "split_molecules", "check_guidance_on"]
+__all__ = ["AtomCounts", "euler_sample", "split_molecules", "check_guidance_on", "check_guidance_interval"]
 
 
 class AtomCounts:
@@ -120,7 +122,7 @@ def euler_sample(
     on_step: Callable[[], None] | None = None,
     precision: str = "32",
     guidance: float = 1.0,
-    guidance_interval: tuple[float, float] = (0.0, 1.0),
+    guidance_interval: Sequence[float] | Mapping[str, Sequence[float]] = (0.0, 1.0),
     guidance_on: Sequence[str] = MODALITIES,
 ) -> tuple[MoleculeState, Tensor, Tensor]:
     """Integrate the flow from the prior to molecules with the given numbers of atoms.
@@ -143,7 +145,8 @@ def euler_sample(
             unconditional one); needs ``condition`` and a field that takes ``unconditional=`` (see the
             module docstring).
         guidance_interval: ``(t_lo, t_hi)``, ``0 ≤ t_lo < t_hi ≤ 1``: the steps starting at ``t`` in
-            ``[t_lo, t_hi)`` are guided, the others are not (``(0, 1)``: every step).
+            ``[t_lo, t_hi)`` are guided, the others are not (``(0, 1)``: every step); or a mapping from some of
+            ``x``, ``a``, ``c``, ``e`` to their own intervals (the others: every step).
         guidance_on: the variables the guidance mixes, a subset of ``x`` (positions), ``a`` (atom types),
             ``c`` (charges), ``e`` (bonds); the others follow the conditional field alone.
 
@@ -157,11 +160,7 @@ def euler_sample(
     guided = float(guidance) != 1.0
     if guided and condition is None:
         raise ValueError(f"guidance={guidance} needs a conditional field and a condition")
-    t_lo, t_hi = (float(v) for v in guidance_interval)
-    if not 0.0 <= t_lo < t_hi <= 1.0:
-        raise ValueError(
-            f"guidance_interval must be [t_lo, t_hi] with 0 <= t_lo < t_hi <= 1, got {list(guidance_interval)}"
-        )
+    intervals = check_guidance_interval(guidance_interval)
     guided_variables = check_guidance_on(guidance_on)
     n_atoms = torch.as_tensor(n_atoms, dtype=torch.long)
     if n_atoms.dim() != 1 or n_atoms.numel() == 0 or bool((n_atoms < 1).any()):
@@ -193,17 +192,16 @@ def euler_sample(
     null = torch.ones(num_graphs, dtype=torch.bool, device=device) if guided else None
     for k in range(steps):
         dt = float(times[k + 1] - times[k])
+        now = float(times[k])
+        mixed = {m for m in guided_variables if intervals[m][0] <= now < intervals[m][1]} if guided else set()
         with _precision(precision, device):
             out = field(state, condition)
-            guide = guided and t_lo <= float(times[k]) < t_hi
-            free = field(state, condition, unconditional=null) if guide else None
+            free = field(state, condition, unconditional=null) if mixed else None
         if precision != "32":  # the integration, softmaxes and token draws stay float32
             out = _as(out, dtype)
             free = None if free is None else _as(free, dtype)
         if free is not None:
-            out = type(out)(
-                *(f + guidance * (c - f) if m in guided_variables else c for m, c, f in zip(MODALITIES, out, free))
-            )
+            out = type(out)(*(f + guidance * (c - f) if m in mixed else c for m, c, f in zip(MODALITIES, out, free)))
         a_t = {m: float(alphas[m][k]) for m in alphas}
         a_s = {m: float(alphas[m][k + 1]) for m in alphas}
         pos = position_step(state.pos, out.pos, a_t["x"], a_s["x"])
@@ -232,6 +230,31 @@ def check_guidance_on(guidance_on: Sequence[str]) -> frozenset[str]:
             f"got {chosen}"
         )
     return frozenset(chosen)
+
+
+def check_guidance_interval(
+    guidance_interval: Sequence[float] | Mapping[str, Sequence[float]],
+) -> dict[str, tuple[float, float]]:
+    """Each variable's guidance interval ``(t_lo, t_hi)``, ``0 ≤ t_lo < t_hi ≤ 1``, from one interval for all or
+    a mapping ``{variable: interval}`` (unnamed variables: ``(0, 1)``); a one-line error for anything else."""
+    if isinstance(guidance_interval, Mapping):
+        unknown = [m for m in guidance_interval if m not in MODALITIES]
+        if unknown or not guidance_interval:
+            raise ValueError(
+                f"guidance_interval must map some of {', '.join(MODALITIES)} to [t_lo, t_hi], got {dict(guidance_interval)}"
+            )
+        chosen = {m: guidance_interval.get(m, (0.0, 1.0)) for m in MODALITIES}
+    else:
+        chosen = dict.fromkeys(MODALITIES, guidance_interval)
+    out = {}
+    for m, pair in chosen.items():
+        items = list(pair) if isinstance(pair, Sequence) and not isinstance(pair, str) else [pair]
+        numbers = len(items) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items)
+        if not numbers or not 0.0 <= float(items[0]) < float(items[1]) <= 1.0:
+            name = "guidance_interval" + (f".{m}" if isinstance(guidance_interval, Mapping) else "")
+            raise ValueError(f"{name} must be [t_lo, t_hi] with 0 <= t_lo < t_hi <= 1, got {items}")
+        out[m] = (float(items[0]), float(items[1]))
+    return out
 
 
 def _as(out, dtype: torch.dtype):

@@ -206,7 +206,7 @@ class GenerationTask(GeomolTask):
         progress: bool = False,
         precision: str = "32",
         guidance: float | None = None,
-        guidance_interval: Sequence[float] | None = None,
+        guidance_interval: Sequence[float] | Mapping[str, Sequence[float]] | None = None,
     ) -> list[Chem.Mol]:
         """Generate molecules as RDKit molecules with 3D conformers: :meth:`MoleculeGenerator.sample
         <geomol.flows.generator.MoleculeGenerator.sample>` of this task's network, flow and statistics

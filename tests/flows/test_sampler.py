@@ -156,3 +156,46 @@ def test_guidance_on_mixes_only_the_chosen_variables(guidance_on, variables):
     for bad in ([], ["x", "q"]):
         with pytest.raises(ValueError, match="guidance_on must list some of x, a, c, e"):
             run(field, guidance=2.0, guidance_on=bad)
+
+
+class _CombinedInTime(_Combined):
+    """``_Combined`` whose variables are each mixed only while the step's start time lies in their interval."""
+
+    def __init__(self, field, weight, intervals):
+        super().__init__(field, weight)
+        self.intervals = intervals  # index into (pos, atom, charge, bond) -> (t_lo, t_hi)
+
+    def forward(self, state, condition):
+        now = float(state.t[0])
+        self.variables = [k for k, (lo, hi) in self.intervals.items() if lo <= now < hi]
+        return super().forward(state, condition)
+
+
+def test_guidance_interval_per_variable_mixes_each_variable_in_its_own_steps():
+    field = _tiny_field(num_properties=1).double()
+    flow = MolecularFlow()
+    cond = torch.tensor([[1.5], [-0.5]], dtype=torch.float64)
+
+    def run(net, **kw):
+        gen = torch.Generator().manual_seed(5)
+        return euler_sample(net, flow, torch.tensor([4, 6]), cond, steps=5, generator=gen, **kw)[0]
+
+    # Steps start at 0, 0.2, ..., 0.8: bonds guided in the first three, positions in the last two, the rest always.
+    guided = run(field, guidance=2.5, guidance_interval={"e": (0.0, 0.5), "x": [0.6, 1]})
+    reference = run(_CombinedInTime(field, 2.5, {0: (0.6, 1.0), 1: (0.0, 1.0), 2: (0.0, 1.0), 3: (0.0, 0.5)}))
+    torch.testing.assert_close(guided.pos, reference.pos)
+    for name in ("atom_type", "charge", "bond_type"):
+        assert torch.equal(getattr(guided, name), getattr(reference, name))
+    # The same for every variable is the plain interval; guidance_on still picks the variables.
+    same = {m: (0.0, 0.5) for m in "xace"}
+    assert torch.equal(run(field, guidance=2.5, guidance_interval=same).pos,
+                       run(field, guidance=2.5, guidance_interval=(0.0, 0.5)).pos)  # fmt: skip
+    only = run(field, guidance=2.5, guidance_interval={"e": (0.0, 0.5)}, guidance_on=["e"])
+    reference = run(_CombinedInTime(field, 2.5, {3: (0.0, 0.5)}))
+    torch.testing.assert_close(only.pos, reference.pos)
+    assert torch.equal(only.bond_type, reference.bond_type)
+    for bad, message in (({"q": (0, 1)}, "guidance_interval must map some of x, a, c, e"), ({}, "must map"),
+                         ({"e": (0.5, 0.2)}, r"guidance_interval.e must be \[t_lo, t_hi\]"),
+                         ({"e": 0.5}, "guidance_interval.e must be")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            run(field, guidance=2.0, guidance_interval=bad)
