@@ -31,7 +31,7 @@ from geomol.cli.common import (
 )
 from geomol.data.chem import atomic_write, write_sdf
 from geomol.flows.generator import MoleculeGenerator
-from geomol.flows.sampler import check_guidance_interval
+from geomol.flows.sampler import check_guidance, check_guidance_interval
 from geomol.metrics.regressor import load_regressor, property_errors, regressor_record
 from geomol.metrics.summary import molecule_metrics
 
@@ -96,6 +96,14 @@ def _variables(value) -> list[str] | None:
     return [str(v) for v in items]
 
 
+def _guidance(cfg: DictConfig) -> float | dict[str, float] | None:
+    """``guidance=2`` as a number, ``guidance={x:2,e:1.5}`` as one weight per variable (names and values are
+    checked by the sampler), or None."""
+    if OmegaConf.is_dict(cfg.guidance):
+        return {str(k): v for k, v in OmegaConf.to_container(cfg.guidance).items()}
+    return float_option(cfg, "guidance", minimum=0.0, optional=True)
+
+
 def _interval(value) -> list[float] | dict[str, list[float]] | None:
     """``guidance_interval=[t_lo,t_hi]`` as two numbers, or ``guidance_interval={e:[0,0.5]}`` as one pair per
     variable (names and ranges are checked by the sampler), or None."""
@@ -128,7 +136,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         "batch_size": int_option(cfg, "batch_size", minimum=1, optional=True),
         "eta": float_option(cfg, "eta", minimum=0.0, optional=True),
         "temperature": float_option(cfg, "temperature", positive=True, optional=True),
-        "guidance": float_option(cfg, "guidance", minimum=0.0, optional=True),
+        "guidance": _guidance(cfg),
         "guidance_interval": _interval(cfg.guidance_interval),
         "guidance_on": _variables(cfg.guidance_on),
         "seed": int_option(cfg, "seed"),
@@ -171,8 +179,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
         generator.sampling["guidance_interval"] if opts["guidance_interval"] is None else opts["guidance_interval"]
     )
     guided = generator.sampling["guidance_on"] if opts["guidance_on"] is None else opts["guidance_on"]
-    if float(guidance) != 1.0:
-        what += f", guidance {guidance:g}" + _describe_interval(interval, guided)
+    weights = check_guidance(guidance)
+    guided = [m for m in guided if weights[m] != 1.0]
+    if guided:
+        what += f", guidance {_describe_weights(weights, guided)}" + _describe_interval(interval, guided)
         what += f" on {','.join(guided)}" if sorted(guided) != sorted("xace") else ""
     print_metrics(metrics, f"Generated {len(mols)} molecules ({what}) -> {output}, {png}:")
     if regressor is not None:
@@ -184,6 +194,17 @@ def run(cfg: DictConfig) -> dict[str, float]:
     shown = mols[:grid]
     draw_grid(shown, png, [_legend(k, m, generator.condition) for k, m in enumerate(shown)])
     return metrics
+
+
+def _describe_weights(weights: dict[str, float], guided) -> str:
+    """``2`` or ``x,a,c 2, e 1.5`` (the guided variables)."""
+    groups: dict[float, list[str]] = {}
+    for m in weights:
+        if m in guided:
+            groups.setdefault(weights[m], []).append(m)
+    if len(groups) == 1:
+        return f"{next(iter(groups)):g}"
+    return ", ".join(f"{','.join(ms)} {w:g}" for w, ms in groups.items())
 
 
 def _describe_interval(interval, guided) -> str:

@@ -15,7 +15,6 @@ It resolves the request (conditioning values, atom counts, memory), integrates t
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from geomol.flows.bonds import bonds_from_pairs
 from geomol.flows.molecule import CHARGES, MolecularFlow, MoleculeState
 from geomol.flows.sampler import (
     AtomCounts,
+    check_guidance,
     check_guidance_interval,
     check_guidance_on,
     euler_sample,
@@ -54,6 +54,13 @@ DEFAULT_SAMPLING = {
 }  # fmt: skip
 # Atomic number of each element class of the flow.
 TYPE_TO_Z = torch.tensor([ATOMIC_NUMBERS[s] for s in ELEMENTS])
+
+
+def _weights(guidance) -> str:
+    """``2`` or ``{x:2,e:1.5}``: a guidance weight as the command line writes it."""
+    if isinstance(guidance, Mapping):
+        return "{" + ",".join(f"{m}:{float(w):g}" for m, w in guidance.items()) + "}"
+    return f"{float(guidance):g}"
 
 
 def available_memory(device: torch.device) -> int | None:
@@ -331,18 +338,20 @@ class MoleculeGenerator:
                 f"{need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB available: lower batch_size or n_atoms"
             )
 
-    def _check_guidance(self, guidance: float) -> None:
-        if guidance == 1.0:
-            return
-        if not math.isfinite(guidance) or guidance < 0:
-            raise ValueError(f"guidance must be a finite number >= 0, got {guidance}")
+    def _check_guidance(self, guidance: float | Mapping[str, float]) -> dict[str, float]:
+        """Each variable's guidance weight (:func:`~geomol.flows.sampler.check_guidance`); refused with one line
+        unless this generator can be guided."""
+        weights = check_guidance(guidance)
+        if all(w == 1.0 for w in weights.values()):
+            return weights
         if not self.condition:
             raise ValueError("guidance needs a conditional generator; this checkpoint is unconditional")
         if self.condition_dropout <= 0:
             raise ValueError(
-                f"guidance={guidance:g} needs a generator trained with model.condition_dropout > 0 (this one never "
-                "learned the unconditional field); use guidance=1"
+                f"guidance={_weights(guidance)} needs a generator trained with model.condition_dropout > 0 (this one "
+                "never learned the unconditional field); use guidance=1"
             )
+        return weights
 
     @staticmethod
     def _check_precision(precision: str) -> None:
@@ -363,7 +372,7 @@ class MoleculeGenerator:
         seed: int | None = None,
         progress: bool = False,
         precision: str | None = None,
-        guidance: float | None = None,
+        guidance: float | Mapping[str, float] | None = None,
         guidance_interval: Sequence[float] | Mapping[str, Sequence[float]] | None = None,
         guidance_on: Sequence[str] | None = None,
         compile: bool | None = None,
@@ -384,7 +393,8 @@ class MoleculeGenerator:
             precision: ``"32"`` or ``"bf16"`` (the vector field under bfloat16 autocast; see
                 :func:`~geomol.flows.sampler.euler_sample`); default :attr:`precision`.
             guidance: classifier-free guidance weight (1: none; > 1: stronger conditioning, two field
-                evaluations per step); only for generators trained with ``condition_dropout > 0``.
+                evaluations per step); only for generators trained with ``condition_dropout > 0``; or a mapping
+                from variables to their own weights, e.g. ``{"x": 2, "a": 2, "c": 2, "e": 1.5}`` (the others: 1).
             guidance_interval: ``(t_lo, t_hi)``: guide only the steps starting in that time interval, or a
                 mapping from variables to their own intervals, e.g. ``{"e": (0, 0.5)}`` (see
                 :func:`~geomol.flows.sampler.euler_sample`).
@@ -412,7 +422,7 @@ class MoleculeGenerator:
                 opts[key] = value
         if opts["batch_size"] < 1:
             raise ValueError(f"batch_size must be at least 1, got {opts['batch_size']}")
-        self._check_guidance(float(opts["guidance"]))
+        weights = self._check_guidance(opts["guidance"])
         interval = check_guidance_interval(opts["guidance_interval"])
         guided_variables = check_guidance_on(opts["guidance_on"])
         precision = self.precision if precision is None else precision
@@ -452,7 +462,7 @@ class MoleculeGenerator:
                         generator=dev_gen,
                         on_step=bar.update,
                         precision=precision,
-                        guidance=float(opts["guidance"]),
+                        guidance=weights,
                         guidance_interval=interval,
                         guidance_on=guided_variables,
                     )

@@ -16,12 +16,14 @@ property. The field must have learned the null condition (``GenerationTask(condi
 conditional steps elsewhere (guidance in a limited interval, Kynkäänniemi et al. 2024): the last steps, which
 settle bonds and valences, can then follow the conditional field alone. ``guidance_interval`` may also be a
 mapping from variable to interval, e.g. ``{"e": (0, 0.5)}``: the bonds are guided in the first half only, the
-variables it does not name in every step.
+variables it does not name in every step. ``guidance`` may be a mapping too, e.g. ``{"x": 2, "a": 2, "c": 2,
+"e": 1.5}``: each variable's own weight (the variables it does not name: 1, the conditional field alone).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -34,7 +36,14 @@ from geomol.flows.interpolants import position_step
 from geomol.flows.molecule import MODALITIES, MolecularFlow, MoleculeState
 from geomol.flows.priors import center
 
-__all__ = ["AtomCounts", "euler_sample", "split_molecules", "check_guidance_on", "check_guidance_interval"]
+__all__ = [
+    "AtomCounts",
+    "euler_sample",
+    "split_molecules",
+    "check_guidance",
+    "check_guidance_on",
+    "check_guidance_interval",
+]
 
 
 class AtomCounts:
@@ -121,7 +130,7 @@ def euler_sample(
     generator: torch.Generator | None = None,
     on_step: Callable[[], None] | None = None,
     precision: str = "32",
-    guidance: float = 1.0,
+    guidance: float | Mapping[str, float] = 1.0,
     guidance_interval: Sequence[float] | Mapping[str, Sequence[float]] = (0.0, 1.0),
     guidance_on: Sequence[str] = MODALITIES,
 ) -> tuple[MoleculeState, Tensor, Tensor]:
@@ -143,7 +152,8 @@ def euler_sample(
             integration, softmaxes and token draws do not change precision.
         guidance: classifier-free guidance weight ``w`` (1: the conditional field alone, 0: the
             unconditional one); needs ``condition`` and a field that takes ``unconditional=`` (see the
-            module docstring).
+            module docstring); or a mapping from some of ``x``, ``a``, ``c``, ``e`` to their own weights (the
+            others: 1).
         guidance_interval: ``(t_lo, t_hi)``, ``0 ≤ t_lo < t_hi ≤ 1``: the steps starting at ``t`` in
             ``[t_lo, t_hi)`` are guided, the others are not (``(0, 1)``: every step); or a mapping from some of
             ``x``, ``a``, ``c``, ``e`` to their own intervals (the others: every step).
@@ -157,11 +167,12 @@ def euler_sample(
         raise ValueError(f"steps must be at least 1, got {steps}")
     if precision not in ("32", "bf16"):
         raise ValueError(f"precision must be 32 or bf16, got {precision!r}")
-    guided = float(guidance) != 1.0
+    weights = check_guidance(guidance)
+    intervals = check_guidance_interval(guidance_interval)
+    guided_variables = {m for m in check_guidance_on(guidance_on) if weights[m] != 1.0}
+    guided = bool(guided_variables)
     if guided and condition is None:
         raise ValueError(f"guidance={guidance} needs a conditional field and a condition")
-    intervals = check_guidance_interval(guidance_interval)
-    guided_variables = check_guidance_on(guidance_on)
     n_atoms = torch.as_tensor(n_atoms, dtype=torch.long)
     if n_atoms.dim() != 1 or n_atoms.numel() == 0 or bool((n_atoms < 1).any()):
         raise ValueError("n_atoms must be a non-empty 1-D list of positive atom counts")
@@ -201,7 +212,7 @@ def euler_sample(
             out = _as(out, dtype)
             free = None if free is None else _as(free, dtype)
         if free is not None:
-            out = type(out)(*(f + guidance * (c - f) if m in mixed else c for m, c, f in zip(MODALITIES, out, free)))
+            out = type(out)(*(f + weights[m] * (c - f) if m in mixed else c for m, c, f in zip(MODALITIES, out, free)))
         a_t = {m: float(alphas[m][k]) for m in alphas}
         a_s = {m: float(alphas[m][k + 1]) for m in alphas}
         pos = position_step(state.pos, out.pos, a_t["x"], a_s["x"])
@@ -230,6 +241,25 @@ def check_guidance_on(guidance_on: Sequence[str]) -> frozenset[str]:
             f"got {chosen}"
         )
     return frozenset(chosen)
+
+
+def check_guidance(guidance: float | Mapping[str, float]) -> dict[str, float]:
+    """Each variable's guidance weight, finite and ``≥ 0``, from one weight for all or a mapping
+    ``{variable: weight}`` (unnamed variables: 1); a one-line error for anything else."""
+    if isinstance(guidance, Mapping):
+        unknown = [m for m in guidance if m not in MODALITIES]
+        if unknown or not guidance:
+            raise ValueError(f"guidance must map some of {', '.join(MODALITIES)} to weights, got {dict(guidance)}")
+        chosen = {m: guidance.get(m, 1.0) for m in MODALITIES}
+    else:
+        chosen = dict.fromkeys(MODALITIES, guidance)
+    out = {}
+    for m, w in chosen.items():
+        name = "guidance" + (f".{m}" if isinstance(guidance, Mapping) else "")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {w}")
+        out[m] = float(w)
+    return out
 
 
 def check_guidance_interval(

@@ -199,3 +199,41 @@ def test_guidance_interval_per_variable_mixes_each_variable_in_its_own_steps():
                          ({"e": 0.5}, "guidance_interval.e must be")):  # fmt: skip
         with pytest.raises(ValueError, match=message):
             run(field, guidance=2.0, guidance_interval=bad)
+
+
+class _CombinedWeights(torch.nn.Module):
+    """The guided step with one weight per variable, mixed outside the sampler."""
+
+    def __init__(self, field, weights):
+        super().__init__()
+        self.field, self.weights = field, weights  # per (pos, atom, charge, bond)
+
+    def forward(self, state, condition):
+        c = self.field(state, condition)
+        u = self.field(state, condition, unconditional=torch.ones(state.t.numel(), dtype=torch.bool))
+        return type(c)(*(b + w * (a - b) for w, a, b in zip(self.weights, c, u)))
+
+
+def test_guidance_per_variable_mixes_each_variable_with_its_own_weight():
+    field = _tiny_field(num_properties=1).double()
+    flow = MolecularFlow()
+    cond = torch.tensor([[1.5], [-0.5]], dtype=torch.float64)
+
+    def run(net, **kw):
+        gen = torch.Generator().manual_seed(5)
+        return euler_sample(net, flow, torch.tensor([4, 6]), cond, steps=5, generator=gen, **kw)[0]
+
+    guided = run(field, guidance={"x": 2.5, "a": 0.5, "e": 1.5})  # charges unnamed: weight 1
+    reference = run(_CombinedWeights(field, (2.5, 0.5, 1.0, 1.5)))
+    torch.testing.assert_close(guided.pos, reference.pos)
+    for name in ("atom_type", "charge", "bond_type"):
+        assert torch.equal(getattr(guided, name), getattr(reference, name))
+    # One weight for all is the scalar guidance; weight 1 everywhere is no guidance.
+    assert torch.equal(run(field, guidance=dict.fromkeys("xace", 2.5)).pos, run(field, guidance=2.5).pos)
+    assert torch.equal(run(field, guidance={"e": 1.0}).pos, run(field).pos)
+    for bad, message in (({"q": 2.0}, "guidance must map some of x, a, c, e to weights"), ({}, "must map"),
+                         ({"e": -1.0}, "guidance.e must be a finite number >= 0, got -1"),
+                         ({"a": float("nan")}, "guidance.a must be a finite number >= 0, got nan"),
+                         ({"a": "2"}, "guidance.a must be a finite number")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            run(field, guidance=bad)
