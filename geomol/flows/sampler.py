@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -256,7 +257,7 @@ def check_guidance(guidance: float | Mapping[str, float]) -> dict[str, float]:
     out = {}
     for m, w in chosen.items():
         name = "guidance" + (f".{m}" if isinstance(guidance, Mapping) else "")
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+        if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w) or w < 0:
             raise ValueError(f"{name} must be a finite number >= 0, got {w}")
         out[m] = float(w)
     return out
@@ -279,8 +280,8 @@ def check_guidance_interval(
     out = {}
     for m, pair in chosen.items():
         items = list(pair) if isinstance(pair, Sequence) and not isinstance(pair, str) else [pair]
-        numbers = len(items) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items)
-        if not numbers or not 0.0 <= float(items[0]) < float(items[1]) <= 1.0:
+        real = len(items) == 2 and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in items)
+        if not real or not 0.0 <= float(items[0]) < float(items[1]) <= 1.0:
             name = "guidance_interval" + (f".{m}" if isinstance(guidance_interval, Mapping) else "")
             raise ValueError(f"{name} must be [t_lo, t_hi] with 0 <= t_lo < t_hi <= 1, got {items}")
         out[m] = (float(items[0]), float(items[1]))
