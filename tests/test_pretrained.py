@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import geomol.pretrained as zoo
-from geomol.data.datamodule import QM9DataModule
 from geomol.cli.generate import main as generate_main
+from geomol.data.datamodule import QM9DataModule
 from geomol.tasks import GenerationTask, PropertyTask
 
 FIXTURE = Path(__file__).parent / "fixtures" / "qm9"

@@ -138,8 +138,8 @@ def test_guidance_interval_guides_only_its_steps():
         run(guidance=2.0, guidance_interval=(0.5, 0.5))
 
 
-@pytest.mark.parametrize("guidance_on,variables", [(["a"], (1,)), (["x", "e"], (0, 3)), ("c", (2,))])
-def test_guidance_on_mixes_only_the_chosen_variables(guidance_on, variables):
+def _guided_setup():
+    """A conditional double-precision field and ``run(net, **kw)``: the same two molecules, seed and 5 steps."""
     field = _tiny_field(num_properties=1).double()
     flow = MolecularFlow()
     cond = torch.tensor([[1.5], [-0.5]], dtype=torch.float64)
@@ -148,11 +148,21 @@ def test_guidance_on_mixes_only_the_chosen_variables(guidance_on, variables):
         gen = torch.Generator().manual_seed(5)
         return euler_sample(net, flow, torch.tensor([4, 6]), cond, steps=5, generator=gen, **kw)[0]
 
+    return field, run
+
+
+def _assert_same_molecules(a, b):
+    torch.testing.assert_close(a.pos, b.pos)
+    for name in ("atom_type", "charge", "bond_type"):
+        assert torch.equal(getattr(a, name), getattr(b, name))
+
+
+@pytest.mark.parametrize("guidance_on,variables", [(["a"], (1,)), (["x", "e"], (0, 3)), ("c", (2,))])
+def test_guidance_on_mixes_only_the_chosen_variables(guidance_on, variables):
+    field, run = _guided_setup()
     guided = run(field, guidance=2.5, guidance_on=guidance_on)
     reference = run(_Combined(field, 2.5, variables))
-    torch.testing.assert_close(guided.pos, reference.pos)
-    for name in ("atom_type", "charge", "bond_type"):
-        assert torch.equal(getattr(guided, name), getattr(reference, name))
+    _assert_same_molecules(guided, reference)
     for bad in ([], ["x", "q"]):
         with pytest.raises(ValueError, match="guidance_on must list some of x, a, c, e"):
             run(field, guidance=2.0, guidance_on=bad)
@@ -172,28 +182,18 @@ class _CombinedInTime(_Combined):
 
 
 def test_guidance_interval_per_variable_mixes_each_variable_in_its_own_steps():
-    field = _tiny_field(num_properties=1).double()
-    flow = MolecularFlow()
-    cond = torch.tensor([[1.5], [-0.5]], dtype=torch.float64)
-
-    def run(net, **kw):
-        gen = torch.Generator().manual_seed(5)
-        return euler_sample(net, flow, torch.tensor([4, 6]), cond, steps=5, generator=gen, **kw)[0]
-
+    field, run = _guided_setup()
     # Steps start at 0, 0.2, ..., 0.8: bonds guided in the first three, positions in the last two, the rest always.
     guided = run(field, guidance=2.5, guidance_interval={"e": (0.0, 0.5), "x": [0.6, 1]})
     reference = run(_CombinedInTime(field, 2.5, {0: (0.6, 1.0), 1: (0.0, 1.0), 2: (0.0, 1.0), 3: (0.0, 0.5)}))
-    torch.testing.assert_close(guided.pos, reference.pos)
-    for name in ("atom_type", "charge", "bond_type"):
-        assert torch.equal(getattr(guided, name), getattr(reference, name))
+    _assert_same_molecules(guided, reference)
     # The same for every variable is the plain interval; guidance_on still picks the variables.
     same = {m: (0.0, 0.5) for m in "xace"}
     assert torch.equal(run(field, guidance=2.5, guidance_interval=same).pos,
                        run(field, guidance=2.5, guidance_interval=(0.0, 0.5)).pos)  # fmt: skip
     only = run(field, guidance=2.5, guidance_interval={"e": (0.0, 0.5)}, guidance_on=["e"])
     reference = run(_CombinedInTime(field, 2.5, {3: (0.0, 0.5)}))
-    torch.testing.assert_close(only.pos, reference.pos)
-    assert torch.equal(only.bond_type, reference.bond_type)
+    _assert_same_molecules(only, reference)
     for bad, message in (({"q": (0, 1)}, "guidance_interval must map some of x, a, c, e"), ({}, "must map"),
                          ({"e": (0.5, 0.2)}, r"guidance_interval.e must be \[t_lo, t_hi\]"),
                          ({"e": 0.5}, "guidance_interval.e must be")):  # fmt: skip
@@ -215,19 +215,10 @@ class _CombinedWeights(torch.nn.Module):
 
 
 def test_guidance_per_variable_mixes_each_variable_with_its_own_weight():
-    field = _tiny_field(num_properties=1).double()
-    flow = MolecularFlow()
-    cond = torch.tensor([[1.5], [-0.5]], dtype=torch.float64)
-
-    def run(net, **kw):
-        gen = torch.Generator().manual_seed(5)
-        return euler_sample(net, flow, torch.tensor([4, 6]), cond, steps=5, generator=gen, **kw)[0]
-
+    field, run = _guided_setup()
     guided = run(field, guidance={"x": 2.5, "a": 0.5, "e": 1.5})  # charges unnamed: weight 1
     reference = run(_CombinedWeights(field, (2.5, 0.5, 1.0, 1.5)))
-    torch.testing.assert_close(guided.pos, reference.pos)
-    for name in ("atom_type", "charge", "bond_type"):
-        assert torch.equal(getattr(guided, name), getattr(reference, name))
+    _assert_same_molecules(guided, reference)
     # One weight for all is the scalar guidance; weight 1 everywhere is no guidance.
     assert torch.equal(run(field, guidance=dict.fromkeys("xace", 2.5)).pos, run(field, guidance=2.5).pos)
     assert torch.equal(run(field, guidance={"e": 1.0}).pos, run(field).pos)
