@@ -196,12 +196,18 @@ def run(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def _groups(values: dict, guided) -> dict:
+    """The guided variables grouped by their value, ``{value: [variables]}``, in x, a, c, e order."""
+    groups: dict = {}
+    for m, value in values.items():
+        if m in guided:
+            groups.setdefault(value, []).append(m)
+    return groups
+
+
 def _describe_weights(weights: dict[str, float], guided) -> str:
     """``2`` or ``x,a,c 2, e 1.5`` (the guided variables)."""
-    groups: dict[float, list[str]] = {}
-    for m in weights:
-        if m in guided:
-            groups.setdefault(weights[m], []).append(m)
+    groups = _groups(weights, guided)
     if len(groups) == 1:
         return f"{next(iter(groups)):g}"
     return ", ".join(f"{','.join(ms)} {w:g}" for w, ms in groups.items())
@@ -210,11 +216,7 @@ def _describe_weights(weights: dict[str, float], guided) -> str:
 def _describe_interval(interval, guided) -> str:
     """`` for t in [0, 0.8)`` or `` for t in x,a,c [0, 0.8), e [0, 0.5)`` (the guided variables); empty for
     every step."""
-    spans = check_guidance_interval(interval)
-    groups: dict[tuple[float, float], list[str]] = {}
-    for m, span in spans.items():
-        if m in guided:
-            groups.setdefault(span, []).append(m)
+    groups = _groups(check_guidance_interval(interval), guided)
     if list(groups) == [(0.0, 1.0)]:
         return ""
     if len(groups) == 1:

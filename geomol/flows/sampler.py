@@ -205,7 +205,7 @@ def euler_sample(
     for k in range(steps):
         dt = float(times[k + 1] - times[k])
         now = float(times[k])
-        mixed = {m for m in guided_variables if intervals[m][0] <= now < intervals[m][1]} if guided else set()
+        mixed = {m for m in guided_variables if intervals[m][0] <= now < intervals[m][1]}
         with _precision(precision, device):
             out = field(state, condition)
             free = field(state, condition, unconditional=null) if mixed else None
@@ -244,21 +244,25 @@ def check_guidance_on(guidance_on: Sequence[str]) -> frozenset[str]:
     return frozenset(chosen)
 
 
+def _per_variable(value, default, what: str, to: str) -> tuple[dict, str]:
+    """``value`` for every variable: one for all, or a mapping ``{variable: value}`` (unnamed variables:
+    ``default``); and the suffix of each value's name in errors (``.{}``: the variable, for a mapping). A one-line
+    error ("``what`` must map some of x, a, c, e to ``to``") for an empty mapping or an unknown name."""
+    if not isinstance(value, Mapping):
+        return dict.fromkeys(MODALITIES, value), ""
+    if not value or any(m not in MODALITIES for m in value):
+        raise ValueError(f"{what} must map some of {', '.join(MODALITIES)} to {to}, got {dict(value)}")
+    return {m: value.get(m, default) for m in MODALITIES}, ".{}"
+
+
 def check_guidance(guidance: float | Mapping[str, float]) -> dict[str, float]:
     """Each variable's guidance weight, finite and ``≥ 0``, from one weight for all or a mapping
     ``{variable: weight}`` (unnamed variables: 1); a one-line error for anything else."""
-    if isinstance(guidance, Mapping):
-        unknown = [m for m in guidance if m not in MODALITIES]
-        if unknown or not guidance:
-            raise ValueError(f"guidance must map some of {', '.join(MODALITIES)} to weights, got {dict(guidance)}")
-        chosen = {m: guidance.get(m, 1.0) for m in MODALITIES}
-    else:
-        chosen = dict.fromkeys(MODALITIES, guidance)
+    chosen, suffix = _per_variable(guidance, 1.0, "guidance", "weights")
     out = {}
     for m, w in chosen.items():
-        name = "guidance" + (f".{m}" if isinstance(guidance, Mapping) else "")
         if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w) or w < 0:
-            raise ValueError(f"{name} must be a finite number >= 0, got {w}")
+            raise ValueError(f"guidance{suffix.format(m)} must be a finite number >= 0, got {w}")
         out[m] = float(w)
     return out
 
@@ -268,22 +272,15 @@ def check_guidance_interval(
 ) -> dict[str, tuple[float, float]]:
     """Each variable's guidance interval ``(t_lo, t_hi)``, ``0 ≤ t_lo < t_hi ≤ 1``, from one interval for all or
     a mapping ``{variable: interval}`` (unnamed variables: ``(0, 1)``); a one-line error for anything else."""
-    if isinstance(guidance_interval, Mapping):
-        unknown = [m for m in guidance_interval if m not in MODALITIES]
-        if unknown or not guidance_interval:
-            raise ValueError(
-                f"guidance_interval must map some of {', '.join(MODALITIES)} to [t_lo, t_hi], got {dict(guidance_interval)}"
-            )
-        chosen = {m: guidance_interval.get(m, (0.0, 1.0)) for m in MODALITIES}
-    else:
-        chosen = dict.fromkeys(MODALITIES, guidance_interval)
+    chosen, suffix = _per_variable(guidance_interval, (0.0, 1.0), "guidance_interval", "[t_lo, t_hi]")
     out = {}
     for m, pair in chosen.items():
         items = list(pair) if isinstance(pair, Sequence) and not isinstance(pair, str) else [pair]
         real = len(items) == 2 and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in items)
         if not real or not 0.0 <= float(items[0]) < float(items[1]) <= 1.0:
-            name = "guidance_interval" + (f".{m}" if isinstance(guidance_interval, Mapping) else "")
-            raise ValueError(f"{name} must be [t_lo, t_hi] with 0 <= t_lo < t_hi <= 1, got {items}")
+            raise ValueError(
+                f"guidance_interval{suffix.format(m)} must be [t_lo, t_hi] with 0 <= t_lo < t_hi <= 1, got {items}"
+            )
         out[m] = (float(items[0]), float(items[1]))
     return out
 
