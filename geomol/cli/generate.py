@@ -139,6 +139,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         "guidance": _guidance(cfg),
         "guidance_interval": _interval(cfg.guidance_interval),
         "guidance_on": _variables(cfg.guidance_on),
+        "guidance_plausibility": float_option(cfg, "guidance_plausibility", minimum=0.0, optional=True),
         "seed": int_option(cfg, "seed"),
     }
     precision = str(cfg.precision)
@@ -184,6 +185,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if guided:
         what += f", guidance {_describe_weights(weights, guided)}" + _describe_interval(interval, guided)
         what += f" on {','.join(guided)}" if sorted(guided) != sorted("xace") else ""
+        plausibility = opts["guidance_plausibility"]
+        if plausibility is None:
+            plausibility = generator.sampling["guidance_plausibility"]
+        what += f", plausibility {plausibility:g}" if plausibility else ""
     print_metrics(metrics, f"Generated {len(mols)} molecules ({what}) -> {output}, {png}:")
     if regressor is not None:
         record = regressor_record(cfg.regressor)

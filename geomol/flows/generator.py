@@ -34,6 +34,7 @@ from geomol.flows.sampler import (
     check_guidance,
     check_guidance_interval,
     check_guidance_on,
+    check_guidance_plausibility,
     euler_sample,
     split_molecules,
 )
@@ -50,7 +51,7 @@ log = logging.getLogger("geomol")
 
 DEFAULT_SAMPLING = {
     "steps": 100, "eta": 10.0, "temperature": 0.05, "batch_size": 128, "guidance": 1.0, "guidance_interval": [0.0, 1.0],
-    "guidance_on": ["x", "a", "c", "e"],
+    "guidance_on": ["x", "a", "c", "e"], "guidance_plausibility": 0.0,
 }  # fmt: skip
 # Atomic number of each element class of the flow.
 TYPE_TO_Z = torch.tensor([ATOMIC_NUMBERS[s] for s in ELEMENTS])
@@ -375,6 +376,7 @@ class MoleculeGenerator:
         guidance: float | Mapping[str, float] | None = None,
         guidance_interval: Sequence[float] | Mapping[str, Sequence[float]] | None = None,
         guidance_on: Sequence[str] | None = None,
+        guidance_plausibility: float | None = None,
         compile: bool | None = None,
     ) -> list[Chem.Mol]:
         """Generate molecules as RDKit molecules with 3D conformers (sanitized where RDKit accepts them).
@@ -400,6 +402,9 @@ class MoleculeGenerator:
                 :func:`~geomol.flows.sampler.euler_sample`).
             guidance_on: the variables guidance mixes, some of ``x``, ``a``, ``c``, ``e`` (positions, atom types,
                 charges, bonds); the others follow the conditional field.
+            guidance_plausibility: ``ρ`` in ``[0, 1)``: guided token draws keep only the classes at least ``ρ``
+                times as likely, for the conditional field, as its favourite (0: all; see
+                :func:`~geomol.flows.sampler.euler_sample`).
             compile: run the field's per-edge work through ``torch.compile`` for this call
                 (:func:`~geomol.nn.gvp.compile_edge_blocks`: the same molecules up to float rounding, faster
                 once compiled; the first batch pays the compilation); ``None`` leaves the field as it is.
@@ -415,7 +420,7 @@ class MoleculeGenerator:
         opts = {**self.sampling}
         chosen = dict(
             steps=steps, eta=eta, temperature=temperature, batch_size=batch_size, guidance=guidance,
-            guidance_interval=guidance_interval, guidance_on=guidance_on,
+            guidance_interval=guidance_interval, guidance_on=guidance_on, guidance_plausibility=guidance_plausibility,
         )  # fmt: skip
         for key, value in chosen.items():
             if value is not None:
@@ -425,6 +430,7 @@ class MoleculeGenerator:
         weights = self._check_guidance(opts["guidance"])
         interval = check_guidance_interval(opts["guidance_interval"])
         guided_variables = check_guidance_on(opts["guidance_on"])
+        plausibility = check_guidance_plausibility(opts["guidance_plausibility"])
         precision = self.precision if precision is None else precision
         self._check_precision(precision)
         device = self.device
@@ -465,6 +471,7 @@ class MoleculeGenerator:
                         guidance=weights,
                         guidance_interval=interval,
                         guidance_on=guided_variables,
+                        guidance_plausibility=plausibility,
                     )
                 except (torch.OutOfMemoryError, RuntimeError) as err:
                     if not is_out_of_memory(err):

@@ -18,6 +18,13 @@ settle bonds and valences, can then follow the conditional field alone. ``guidan
 mapping from variable to interval, e.g. ``{"e": (0, 0.5)}``: the bonds are guided in the first half only, the
 variables it does not name in every step. ``guidance`` may be a mapping too, e.g. ``{"x": 2, "a": 2, "c": 2,
 "e": 1.5}``: each variable's own weight (the variables it does not name: 1, the conditional field alone).
+
+At a low temperature the guided logits ``l_∅ + w (l_c − l_∅)`` pick the class that the conditional field favours
+*most relative to the unconditional one*, which can be a class the conditional field itself finds unlikely (a rare
+bond order both experts doubt, the unconditional one more). ``guidance_plausibility = ρ > 0`` keeps only the classes
+whose conditional probability is at least ``ρ`` times that of the conditional field's most likely class before the
+guided draw (the adaptive plausibility constraint of contrastive decoding, Li et al. 2023, Eq. 3; ρ = 0.1 there):
+guidance then re-ranks what the conditional field finds plausible and never invents the rest.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ __all__ = [
     "check_guidance",
     "check_guidance_on",
     "check_guidance_interval",
+    "check_guidance_plausibility",
 ]
 
 
@@ -134,6 +142,7 @@ def euler_sample(
     guidance: float | Mapping[str, float] = 1.0,
     guidance_interval: Sequence[float] | Mapping[str, Sequence[float]] = (0.0, 1.0),
     guidance_on: Sequence[str] = MODALITIES,
+    guidance_plausibility: float = 0.0,
 ) -> tuple[MoleculeState, Tensor, Tensor]:
     """Integrate the flow from the prior to molecules with the given numbers of atoms.
 
@@ -160,6 +169,9 @@ def euler_sample(
             ``x``, ``a``, ``c``, ``e`` to their own intervals (the others: every step).
         guidance_on: the variables the guidance mixes, a subset of ``x`` (positions), ``a`` (atom types),
             ``c`` (charges), ``e`` (bonds); the others follow the conditional field alone.
+        guidance_plausibility: ``ρ`` in ``[0, 1)``: in guided steps a token may take only the classes whose
+            conditional probability is at least ``ρ`` times the largest one (0: every class; see the module
+            docstring).
 
     Returns:
         (molecule state at ``t = 1``, batch ``[N]``, pairs ``[2, P]``); no token is left in its mask state.
@@ -172,6 +184,7 @@ def euler_sample(
     intervals = check_guidance_interval(guidance_interval)
     guided_variables = {m for m in check_guidance_on(guidance_on) if weights[m] != 1.0}
     guided = bool(guided_variables)
+    plausibility = check_guidance_plausibility(guidance_plausibility)
     if guided and condition is None:
         raise ValueError(f"guidance={guidance} needs a conditional field and a condition")
     n_atoms = torch.as_tensor(n_atoms, dtype=torch.long)
@@ -213,7 +226,12 @@ def euler_sample(
             out = _as(out, dtype)
             free = None if free is None else _as(free, dtype)
         if free is not None:
-            out = type(out)(*(f + weights[m] * (c - f) if m in mixed else c for m, c, f in zip(MODALITIES, out, free)))
+            out = type(out)(
+                *(
+                    _guided(m, c, f, weights[m], plausibility) if m in mixed else c
+                    for m, c, f in zip(MODALITIES, out, free)
+                )
+            )
         a_t = {m: float(alphas[m][k]) for m in alphas}
         a_s = {m: float(alphas[m][k + 1]) for m in alphas}
         pos = position_step(state.pos, out.pos, a_t["x"], a_s["x"])
@@ -230,6 +248,25 @@ def euler_sample(
         if on_step is not None:
             on_step()
     return state, batch, pairs
+
+
+def _guided(variable: str, conditional: Tensor, free: Tensor, weight: float, plausibility: float) -> Tensor:
+    """One variable's guided prediction ``f + w (c − f)``; for the tokens, the classes less than ``plausibility``
+    times as likely as the conditional field's favourite get a logit of −∞ (see the module docstring)."""
+    guided = free + weight * (conditional - free)
+    if variable == "x" or plausibility <= 0.0:
+        return guided
+    # log p_c(k) − log p_c(best) = l_c(k) − max l_c: the softmax's normaliser cancels
+    implausible = conditional < conditional.amax(-1, keepdim=True) + math.log(plausibility)
+    return guided.masked_fill(implausible, float("-inf"))
+
+
+def check_guidance_plausibility(plausibility: float) -> float:
+    """The plausibility threshold ``ρ`` as a float in ``[0, 1)``; a one-line error for anything else."""
+    real = isinstance(plausibility, numbers.Real) and not isinstance(plausibility, bool)
+    if not real or not 0.0 <= float(plausibility) < 1.0:
+        raise ValueError(f"guidance_plausibility must be a number in [0, 1), got {plausibility!r}")
+    return float(plausibility)
 
 
 def check_guidance_on(guidance_on: Sequence[str]) -> frozenset[str]:

@@ -171,6 +171,8 @@ def test_a_regressor_checkpoint_is_refused_as_generator(regressor, tmp_path, cap
         (["precision=fp16"], "geomol: error: precision must be 32 or bf16, got 'fp16'"),
         (["guidance_on=[x,q]"], "geomol: error: guidance_on must list some of x, a, c, e (positions, atom types, "
                                 "charges, bonds), got ['x', 'q']"),
+        (["guidance_plausibility=1"], "geomol: error: guidance_plausibility must be a number in [0, 1), got 1.0"),
+        (["guidance_plausibility=nan"], "geomol: error: guidance_plausibility must be a finite number, got nan"),
     ],
 )
 def test_generate_bad_arguments(checkpoint, tmp_path, capsys, args, message):

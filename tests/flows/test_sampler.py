@@ -228,3 +228,37 @@ def test_guidance_per_variable_mixes_each_variable_with_its_own_weight():
                          ({"a": "2"}, "guidance.a must be a finite number")):  # fmt: skip
         with pytest.raises(ValueError, match=message):
             run(field, guidance=bad)
+
+
+class _CombinedPlausible(torch.nn.Module):
+    """The guided step with the plausibility constraint computed independently: classes whose conditional
+    probability is below ``rho`` times the conditional's largest get a logit of −∞ after mixing."""
+
+    def __init__(self, field, weight, rho):
+        super().__init__()
+        self.field, self.weight, self.rho = field, weight, rho
+
+    def forward(self, state, condition):
+        c = self.field(state, condition)
+        u = self.field(state, condition, unconditional=torch.ones(state.t.numel(), dtype=torch.bool))
+        out = [u.pos + self.weight * (c.pos - u.pos)]
+        for a, b in zip(c[1:], u[1:]):
+            p = torch.softmax(a, dim=-1)
+            keep = p >= self.rho * p.max(dim=-1, keepdim=True).values
+            out.append(torch.where(keep, b + self.weight * (a - b), torch.full_like(a, float("-inf"))))
+        return type(c)(*out)
+
+
+def test_guidance_plausibility_keeps_only_classes_the_conditional_field_finds_plausible():
+    field, run = _guided_setup()
+    # temperature 1: the draws reach the unlikely classes the constraint removes
+    guided = run(field, guidance=3.0, guidance_plausibility=0.5, temperature=1.0)
+    _assert_same_molecules(guided, run(_CombinedPlausible(field, 3.0, 0.5), temperature=1.0))
+    plain = run(field, guidance=3.0, temperature=1.0)
+    assert not torch.equal(guided.bond_type, plain.bond_type)
+    # ρ = 0 is plain guidance; without guidance the constraint does nothing (the conditional field's own draws).
+    assert torch.equal(run(field, guidance=3.0, guidance_plausibility=0.0, temperature=1.0).bond_type, plain.bond_type)
+    assert torch.equal(run(field, guidance_plausibility=0.5).bond_type, run(field).bond_type)
+    for bad in (1.0, -0.1, "0.1", True):
+        with pytest.raises(ValueError, match="guidance_plausibility must be a number in \\[0, 1\\)"):
+            run(field, guidance=2.0, guidance_plausibility=bad)
