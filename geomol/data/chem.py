@@ -28,6 +28,7 @@ __all__ = [
     "bonds_from_xyz",
     "mol_from_graph",
     "graph_from_mol",
+    "kekulize_bonds",
     "write_sdf",
     "read_sdf",
     "read_xyz",
@@ -251,6 +252,32 @@ def mol_from_graph(
         with contextlib.suppress(Exception):
             Chem.SanitizeMol(mol)
     return mol
+
+
+def kekulize_bonds(z: Tensor, charges: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
+    """The bond codes with every aromatic bond (code 4) replaced by single or double bonds of a Kekulé structure
+    (RDKit's ``Kekulize``, deterministic), as FlowMol trains by default (its ``explicit_aromaticity=False``).
+
+    A molecule without aromatic bonds is returned as it is. Raises ValueError when the aromatic system has no
+    Kekulé structure (not the case for sanitizable molecules such as QM9's).
+
+    Shapes:
+        z ``[N]``, charges ``[N]``, edge_index ``[2, E]`` (each bond once or in both directions), edge_attr ``[E]``
+        -> ``[E]``
+    """
+    aromatic = edge_attr == 4
+    if not bool(aromatic.any()):
+        return edge_attr
+    mol = mol_from_graph(z, torch.zeros(len(z), 3), charges, edge_index, edge_attr, sanitize=False)
+    try:
+        Chem.Kekulize(mol, clearAromaticFlags=True)
+    except (Chem.KekulizeException, ValueError, RuntimeError) as err:
+        raise ValueError(f"aromatic bonds without a Kekulé structure: {err}") from None
+    codes = edge_attr.clone()
+    for k in aromatic.nonzero().flatten().tolist():
+        a, b = (int(v) for v in edge_index[:, k])
+        codes[k] = _BOND_CODE[mol.GetBondBetweenAtoms(a, b).GetBondType()]
+    return codes
 
 
 def graph_from_mol(mol: Chem.Mol) -> dict[str, Tensor]:

@@ -84,17 +84,28 @@ class QM9GenerationDataModule(QM9DataModule):
 
     Args:
         atom_count_bins: percentile bins of each property for the conditional atom counts.
+        kekulize: serve aromatic bonds as single and double bonds of a Kekulé structure (FlowMol's default since
+            its ``explicit_aromaticity=False``; PropMolFlow, and geomol by default, keep the aromatic bond type), so a
+            generator never has to close an aromatic ring consistently, a common cause of invalid molecules.
         (others): see :class:`geomol.data.datamodule.QM9DataModule`; ``target`` is not used.
     """
 
     def __init__(self, *args, with_bonds: bool = True, train_half: str | None = "generator", atom_count_bins: int = 20,
-                 **kwargs) -> None:  # fmt: skip
+                 kekulize: bool = False, **kwargs) -> None:  # fmt: skip
         if not with_bonds:
             raise ValueError("molecule generation needs bonds and formal charges: set data.with_bonds=true")
         if atom_count_bins < 1:
             raise ValueError(f"atom_count_bins must be at least 1, got {atom_count_bins}")
+        if not isinstance(kekulize, bool):
+            raise ValueError(f"data.kekulize must be true or false, got {kekulize!r}")
         super().__init__(*args, with_bonds=with_bonds, train_half=train_half, **kwargs)
         self.atom_count_bins = atom_count_bins
+        self.kekulize = kekulize
+
+    def _build(self):
+        dataset, *splits = super()._build()
+        dataset.kekulize = self.kekulize
+        return (dataset, *splits)
 
     def task_kwargs(self) -> GenerationStats:
         """Property names, units, statistics and atom-count histograms of the training molecules."""

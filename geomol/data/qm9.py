@@ -27,7 +27,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
-from .chem import METHOD_FAILED, METHOD_NAMES, atomic_numbers, bonds_from_xyz
+from .chem import METHOD_FAILED, METHOD_NAMES, atomic_numbers, bonds_from_xyz, kekulize_bonds
 
 log = logging.getLogger("geomol")
 
@@ -280,6 +280,8 @@ class QM9(torch.utils.data.Dataset):
         self._z, self._pos, self._ptr = cache["z"], cache["pos"], cache["ptr"]
         self.y, self.idx, self.smiles = cache["y"], cache["idx"], cache["smiles"]
         self._bonds: dict | None = None
+        # Aromatic bonds as a Kekulé structure (single/double) in every molecule served; the cache keeps them aromatic.
+        self.kekulize = False
 
     # ----------------------------------------------------------------- raw data and its cache
     @property
@@ -433,6 +435,8 @@ class QM9(torch.utils.data.Dataset):
             edges = bonds["edges"][k].long()
             data.charge = bonds["charge"][start:stop]
             data.edge_index, data.edge_attr = edges[:2], edges[2]
+            if self.kekulize:
+                data.edge_attr = kekulize_bonds(data.z, data.charge, data.edge_index, data.edge_attr)
         return data
 
     @staticmethod

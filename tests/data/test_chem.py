@@ -86,3 +86,22 @@ def test_atomic_write_leaves_nothing_half_written(tmp_path):
         handle.write("new")
     assert target.read_text() == "new"
     assert np.isclose((target.stat().st_mode & 0o777) & 0o644, 0o644)
+
+
+def test_kekulize_bonds_refuses_an_aromatic_ring_without_a_kekule_structure():
+    from geomol.data.chem import kekulize_bonds
+
+    # five aromatic CH in a ring: five π electrons, no alternating single/double assignment
+    z = torch.tensor([6] * 5 + [1] * 5)
+    ring = [(k, (k + 1) % 5) for k in range(5)]
+    hydrogens = [(k, k + 5) for k in range(5)]
+    edge_index = torch.tensor(ring + hydrogens).t()
+    edge_attr = torch.tensor([4] * 5 + [1] * 5)
+    with pytest.raises(ValueError, match="aromatic bonds without a Kekulé structure"):
+        kekulize_bonds(z, torch.zeros(10, dtype=torch.long), edge_index, edge_attr)
+    # six of them (benzene) alternate
+    z6 = torch.tensor([6] * 6 + [1] * 6)
+    edge_index6 = torch.tensor([(k, (k + 1) % 6) for k in range(6)] + [(k, k + 6) for k in range(6)]).t()
+    codes = kekulize_bonds(z6, torch.zeros(12, dtype=torch.long), edge_index6, torch.tensor([4] * 6 + [1] * 6))
+    assert sorted(codes[:6].tolist()) == [1, 1, 1, 2, 2, 2] and codes[6:].tolist() == [1] * 6
+    assert all(codes[k] != codes[(k + 1) % 6] for k in range(6))

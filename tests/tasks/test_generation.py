@@ -48,6 +48,29 @@ def test_task_kwargs_use_the_generator_half(datamodule):
         QM9GenerationDataModule(source=FIXTURE, with_bonds=False)
 
 
+def test_kekulize_serves_each_aromatic_molecule_as_a_kekule_structure_of_itself(tmp_path):
+    from geomol.data.chem import mol_from_graph
+
+    plain = QM9GenerationDataModule(root=tmp_path, source=FIXTURE, batch_size=32, seed=0)
+    kekule = QM9GenerationDataModule(root=tmp_path, source=FIXTURE, batch_size=32, seed=0, kekulize=True)
+    plain.setup(), kekule.setup()
+    aromatic = 0
+    for k in plain.splits["train"].tolist():
+        a, b = plain.dataset[k], kekule.dataset[k]
+        assert torch.equal(a.edge_index, b.edge_index) and not bool((b.edge_attr == 4).any())
+        if bool((a.edge_attr == 4).any()):
+            aromatic += 1
+            assert bool((b.edge_attr == 2).any())  # each ring gets its double bonds
+        else:
+            assert torch.equal(a.edge_attr, b.edge_attr)
+        # The same molecule: RDKit perceives the Kekulé form as the aromatic one.
+        smiles = [Chem.MolToSmiles(mol_from_graph(d.z, d.pos, d.charge, d.edge_index, d.edge_attr)) for d in (a, b)]
+        assert smiles[0] == smiles[1]
+    assert aromatic >= 3, aromatic  # the fixture holds aromatic molecules
+    with pytest.raises(ValueError, match="data.kekulize must be true or false"):
+        QM9GenerationDataModule(source=FIXTURE, kekulize="yes")
+
+
 def test_training_loss_drops_on_qm9_molecules(datamodule):
     task = _task(datamodule, condition=["gap"])
     optimizer = task.configure_optimizers()
