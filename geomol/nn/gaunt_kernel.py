@@ -454,6 +454,15 @@ def _conv_backward(ctx, grad):
 _conv_op.register_autograd(_conv_backward, setup_context=_conv_setup_context)
 
 
+def _direct(*tensors: Tensor | None) -> bool:
+    """Whether a call may skip the custom op and run the kernel directly: not traced by ``torch.compile`` and with
+    nothing for autograd to record. The op's Python dispatch costs about 70 µs a call (AMD EPYC Zen 4), as much as
+    the kernel itself on 10,000 rows of degree 2; the numbers are the same either way."""
+    if torch.compiler.is_compiling():
+        return False
+    return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
+
+
 def conv(
     a: Tensor,
     b: Tensor,
@@ -485,6 +494,8 @@ def conv(
         if out_index is not None:
             raise ValueError("out_rows is needed with out_index (the number of output rows: nodes × channels)")
         out_rows = next((i.numel() for i in (a_index, b_index) if i is not None), a.shape[0] // channels) * channels
+    if _direct(a, b, sa, sb, sc):
+        return _conv(a, b, tuple(lmaxes), degree, sa, sb, sc, channels, a_index, b_index, out_index, out_rows)
     return _conv_op(a, b, list(lmaxes), degree, sa, sb, sc, channels, a_index, b_index, out_index, out_rows)
 
 
@@ -497,13 +508,16 @@ def forward(
     sb: Tensor | None = None,
     sc: Tensor | None = None,
 ) -> Tensor:
-    """``sc ⊙ Γ(sa ⊙ a, sb ⊙ b)`` through the op ``geomol::gaunt_product`` (differentiable in every input).
+    """``sc ⊙ Γ(sa ⊙ a, sb ⊙ b)`` through the op ``geomol::gaunt_product`` (differentiable in every input; a call
+    with nothing for autograd to record runs the kernel without the op's dispatch, the same numbers).
 
     Scales ``[C, K]`` act on row ``r``'s channel ``r % C``.
 
     Shapes:
         a ``[R, (la+1)²]``, b ``[R, (lb+1)²]`` -> ``[R, (lc+1)²]``.
     """
+    if _direct(a, b, sa, sb, sc):
+        return _forward(a, b, tuple(lmaxes), degree, sa, sb, sc)
     return _product_op(a, b, list(lmaxes), degree, sa, sb, sc)
 
 
@@ -524,5 +538,7 @@ def backward(
     ``needs`` says which of ``x, y, w1, w2, w3`` need a gradient; ``out`` is the forward's output (needed for
     ``w3``). Returns ``gx, gy, gw1, gw2, gw3`` (None where not needed); weight gradients are ``[C, K]``.
     """
+    if not torch.compiler.is_compiling():  # the op is not differentiable: only the dispatch to skip (see _direct)
+        return _backward(grad, x, y, out, tuple(lmaxes), degree, weights, tuple(needs), channels)
     grads = _backward_op(grad, x, y, out, list(lmaxes), degree, *weights, list(needs), channels)
     return tuple(g if need else None for g, need in zip(grads, needs))

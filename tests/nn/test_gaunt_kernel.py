@@ -167,6 +167,36 @@ def test_op_gradients_of_every_order():
     assert torch.autograd.gradgradcheck(product, (a, b, *scales))
 
 
+def test_calls_without_autograd_skip_the_op_and_agree(monkeypatch):
+    """With nothing for autograd to record, ``forward``/``conv``/``backward`` run the kernel without the custom op's
+    dispatch: the same numbers as through the op; with an input that needs a gradient they go through the op."""
+    g = torch.Generator().manual_seed(7)
+    a, b = (torch.randn(24, 9, generator=g, dtype=torch.float64) for _ in range(2))
+    scales = [torch.rand(4, 9, generator=g, dtype=torch.float64) + 0.5 for _ in range(3)]
+    index = torch.randint(0, 6, (6,), generator=g)
+    via_op = torch.ops.geomol.gaunt_product.default(a, b, [2, 2, 2], 6, *scales)
+    conv_op = torch.ops.geomol.gaunt_conv.default(a, b, [2, 2, 2], 6, *scales, 4, index, None, index, 24)
+    grad = torch.randn(24, 9, generator=g, dtype=torch.float64)
+    back_op = torch.ops.geomol.gaunt_product_backward.default(grad, a, b, via_op, [2, 2, 2], 6, *scales, [True] * 5, 4)
+    calls = []
+    for name in ("_product_op", "_conv_op", "_backward_op"):
+        original = getattr(gaunt_kernel, name)
+        monkeypatch.setattr(gaunt_kernel, name, lambda *args, original=original, name=name: calls.append(name) or original(*args))
+    direct = gaunt_kernel.forward(a, b, (2, 2, 2), 6, *scales)
+    conv = gaunt_kernel.conv(a, b, (2, 2, 2), 6, *scales, channels=4, a_index=index, out_index=index, out_rows=24)
+    back = gaunt_kernel.backward(grad, a, b, via_op, (2, 2, 2), 6, tuple(scales), (True,) * 5, 4)
+    assert calls == []
+    torch.testing.assert_close(direct, via_op, rtol=0, atol=0)
+    torch.testing.assert_close(conv, conv_op, rtol=0, atol=0)
+    for x, y in zip(back, back_op):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    out = gaunt_kernel.forward(a.requires_grad_(), b, (2, 2, 2), 6, *scales)
+    assert calls == ["_product_op"] and out.requires_grad
+    with torch.no_grad():
+        gaunt_kernel.forward(a, b, (2, 2, 2), 6, *scales)
+    assert calls == ["_product_op"]
+
+
 def test_compiled_product_equals_eager():
     """``torch.compile(fullgraph=True)`` traces the fused product and its backward without a graph break."""
     g = torch.Generator().manual_seed(6)
