@@ -141,6 +141,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         "guidance_on": _variables(cfg.guidance_on),
         "guidance_plausibility": float_option(cfg, "guidance_plausibility", minimum=0.0, optional=True),
         "seed": int_option(cfg, "seed"),
+        "workers": int_option(cfg, "workers", minimum=1),
     }
     precision = str(cfg.precision)
     if precision not in ("32", "bf16"):

@@ -332,6 +332,8 @@ def read_record(path):
         (["num_molecules=true"], "num_molecules must be a whole number, got True"),
         (["grid=0"], "grid must be at least 1, got 0"),
         (["steps=0"], "steps must be at least 1, got 0"),
+        (["workers=0"], "workers must be at least 1, got 0"),
+        (["workers=1.5"], "workers must be a whole number, got 1.5"),
         (["eta=-5"], "eta must be at least 0.0, got -5"),
         (["temperature=0"], "temperature must be positive, got 0"),
         (["guidance=-1"], "guidance must be at least 0.0, got -1"),

@@ -97,6 +97,7 @@ def test_generator_from_its_parts(generator):
         (dict(num_molecules=2, condition={"gap": 6.8}, n_atoms=[3, 0]), "n_atoms must be one positive number or one per molecule (2)"),
         (dict(num_molecules=2, condition={"gap": 6.8}, batch_size=0), "batch_size must be at least 1, got 0"),
         (dict(num_molecules=2, condition={"gap": 6.8}, precision="fp16"), "precision must be 32 or bf16, got 'fp16'"),
+        (dict(num_molecules=2, condition={"gap": 6.8}, workers=0), "workers must be a whole number of at least 1, got 0"),
         (dict(num_molecules=2, condition={"gap": 6.8}, n_atoms=200000), "sampling batches of 2 molecules of up to 200000 atoms needs about "),
     ],
 )  # fmt: skip
@@ -104,6 +105,20 @@ def test_bad_requests_are_one_line(generator, kwargs, message):
     with pytest.raises(ValueError) as info:
         generator.sample(**kwargs)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_workers_sample_the_same_molecules_however_many(generator):
+    """``workers > 1``: batches in spawned CPU processes, each batch from its own seeded stream, so two and three
+    workers give the same molecules; the requested values and atom counts are those of ``workers=1``."""
+    request = dict(condition={"gap": [5.9, 6.8, 7.6, 6.1, 7.0]}, steps=3, batch_size=2, seed=5)
+    two = generator.sample(5, workers=2, **request)
+    three = generator.sample(5, workers=3, **request)
+    one = generator.sample(5, **request)
+    _same_molecules(two, three)
+    assert [m.GetNumAtoms() for m in two] == [m.GetNumAtoms() for m in one]
+    assert [m.GetDoubleProp("gap") for m in two] == [5.9, 6.8, 7.6, 6.1, 7.0]
+    # The parent's generator is left as it was (eval mode, weights untouched).
+    assert not generator.net.training
 
 
 def test_bad_checkpoints_are_one_line(tmp_path):
