@@ -445,8 +445,9 @@ class MoleculeGenerator:
                 (:func:`~geomol.nn.gvp.compile_edge_blocks`: the same molecules up to float rounding, faster
                 once compiled; the first batch pays the compilation); ``None`` leaves the field as it is.
             workers: sample the batches in this many CPU processes at once, each with an equal share of torch's
-                threads (on a 2-core machine 2 workers of 1 thread sample about 1.25x as many molecules per second
-                as one process of 2 threads: much of a field evaluation is too small to split across threads). Each
+                threads (on a 2-core machine 2 workers of 1 thread sampled 1.36x the molecules per second of one
+                process of 2 threads, ``bench/sampling_workers.py``: much of a field evaluation is too small to split
+                across threads; each worker pays its start and compilation). Each
                 batch then draws from its own stream, seeded by ``seed`` and the batch's place
                 (:func:`batch_seed`), so the molecules are the same for any number of workers above 1, but not
                 those of ``workers=1`` (whose batches share one stream); requested values and atom counts are
@@ -510,14 +511,21 @@ class MoleculeGenerator:
             precision=precision, guidance=weights, guidance_interval=interval, guidance_on=guided_variables,
             guidance_plausibility=plausibility,
         )  # fmt: skip
-        workers = min(workers, len(chunks))
         bar = tqdm(total=len(chunks) * options["steps"], desc=f"sampling {num_molecules} molecules", unit="step",
                    disable=not progress, dynamic_ncols=True)  # fmt: skip
         results: list = [None] * len(chunks)
         try:
             if workers > 1:
                 base = seed if seed is not None else int(torch.randint(2**62, ()))
-                self._sample_in_workers(chunks, counts, standard, base, options, workers, compile, bar, results)
+                if len(chunks) == 1:  # one batch: no process to start, the same stream a worker would draw from
+                    stream = torch.Generator(device=device).manual_seed(batch_seed(base, 0))
+                    with self._out_of_memory_as_value_error(chunks[0], counts, size):
+                        results[0] = euler_sample(
+                            self.net, self.flow, counts, standard, generator=stream, on_step=bar.update, **options
+                        )
+                else:
+                    processes = min(workers, len(chunks))
+                    self._sample_in_workers(chunks, counts, standard, base, options, processes, compile, bar, results)
             else:
                 for k, chunk in enumerate(chunks):
                     with self._out_of_memory_as_value_error(chunk, counts, size):
@@ -558,9 +566,9 @@ class MoleculeGenerator:
         self, chunks: list[slice], counts: Tensor, standard: Tensor | None, seed: int, options: dict, workers: int,
         compile: bool | None, bar, results: list,
     ) -> None:  # fmt: skip
-        """Every batch in a pool of ``workers`` fresh ("spawn") processes, each holding a copy of this generator
-        (its tensors shared through torch.multiprocessing) and ``threads // workers`` threads; batch ``k`` draws
-        from its own stream seeded by :func:`batch_seed` (``seed``, ``k``). Results land in ``results`` in order."""
+        """Every batch in a pool of ``workers`` fresh ("spawn") processes, each loading a copy of this generator and
+        running ``threads // workers`` threads; batch ``k`` draws from its own stream seeded by :func:`batch_seed`
+        (``seed``, ``k``). Results land in ``results`` in order."""
         threads = max(1, torch.get_num_threads() // workers)
         context = multiprocessing.get_context("spawn")
         size = max(c.stop - c.start for c in chunks)
