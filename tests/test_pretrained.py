@@ -12,7 +12,10 @@ from geomol.tasks import GenerationTask, PropertyTask
 
 FIXTURE = Path(__file__).parent / "fixtures" / "qm9"
 
-SHIPPED = {"gvp_regressor_qm9", "propmolflow_qm9_gap_cpu", "propmolflow_qm9_gap_mid_cpu", "propmolflow_qm9_gap_mu_cpu"}
+SHIPPED = {
+    "gvp_regressor_qm9", "propmolflow_qm9_gap_cpu", "propmolflow_qm9_gap_mid_cpu", "propmolflow_qm9_gap_mu_cpu",
+    "propmolflow_qm9_gap_kek_cpu",
+}  # fmt: skip
 
 
 def test_list_names_the_shipped_models():
