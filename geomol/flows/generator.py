@@ -515,23 +515,19 @@ class MoleculeGenerator:
                    disable=not progress, dynamic_ncols=True)  # fmt: skip
         results: list = [None] * len(chunks)
         try:
-            if workers > 1:
-                base = seed if seed is not None else int(torch.randint(2**62, ()))
-                if len(chunks) == 1:  # one batch: no process to start, the same stream a worker would draw from
-                    stream = torch.Generator(device=device).manual_seed(batch_seed(base, 0))
-                    with self._out_of_memory_as_value_error(chunks[0], counts, size):
-                        results[0] = euler_sample(
-                            self.net, self.flow, counts, standard, generator=stream, on_step=bar.update, **options
-                        )
-                else:
-                    processes = min(workers, len(chunks))
-                    self._sample_in_workers(chunks, counts, standard, base, options, processes, compile, bar, results)
-            else:
+            base = seed if seed is not None or workers == 1 else int(torch.randint(2**62, ()))
+            processes = min(workers, len(chunks))
+            if processes > 1:
+                self._sample_in_workers(chunks, counts, standard, base, options, processes, compile, bar, results)
+            else:  # in this process; with workers > 1 (one batch) from the stream a worker would draw from
                 for k, chunk in enumerate(chunks):
+                    stream = (
+                        dev_gen if workers == 1 else torch.Generator(device=device).manual_seed(batch_seed(base, k))
+                    )
                     with self._out_of_memory_as_value_error(chunk, counts, size):
                         results[k] = euler_sample(
                             self.net, self.flow, counts[chunk], None if standard is None else standard[chunk],
-                            generator=dev_gen, on_step=bar.update, **options,
+                            generator=stream, on_step=bar.update, **options,
                         )  # fmt: skip
         finally:
             bar.close()
