@@ -17,9 +17,16 @@ weights, losses and optimizer in float32; emulated, very slow, on CPUs without A
 and ``blocks-bf16`` (``model.compile=true``: only the GVP layers' per-edge work compiled,
 :func:`geomol.nn.gvp.compile_edge_blocks`; ``after`` rows only).
 
+``--processes N`` adds, per size and mode, ``after +malloc`` rows of data-parallel training as ``train.py
+trainer=ddp trainer.accelerator=cpu trainer.devices=N`` runs it: N spawned processes with ``--threads / N``
+threads each, every one a batch of ``--batch-size / N`` molecules, the field wrapped in torch's
+``DistributedDataParallel`` (gloo backend: the gradient all-reduce is in the times). Their molecules/s is the
+machine's, N batches per step, so they compare with the one-process rows at the same total batch.
+
     python bench/propmolflow_train_step.py                       # 1 thread, fp32, three sizes
     python bench/propmolflow_train_step.py --threads 2 --modes fp32 bf16 compile --sizes shipped
     python bench/propmolflow_train_step.py --versions after --modes fp32 blocks bf16 blocks-bf16 --sizes shipped paper
+    python bench/propmolflow_train_step.py --threads 2 --modes fp32 blocks-bf16 --sizes shipped paper --processes 2
 
 Run it on a quiet machine (pause training jobs); it prints the CPU model and ISA it ran on.
 """
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import socket
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -65,7 +73,100 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=8, help="timed steps per row (median reported)")
     parser.add_argument("--data-root", default="outputs/bench_data", help="cache folder for the fixture's bonds")
-    return parser.parse_args()
+    parser.add_argument("--processes", type=int, default=1, help="also time N-process DDP training (see above)")
+    args = parser.parse_args()
+    if args.processes < 1 or args.threads % args.processes or args.batch_size % args.processes:
+        parser.error("--processes must divide --threads and --batch-size")
+    return args
+
+
+def _ddp_worker(rank: int, args: argparse.Namespace, size: str, mode: str, port: int, results) -> None:
+    """One of ``--processes`` DDP ranks: times ``--steps`` training steps on its own batches; rank 0 reports."""
+    import torch.distributed as dist
+
+    from geomol.devices import reuse_freed_memory
+
+    n = args.processes
+    torch.set_num_threads(args.threads // n)
+    reuse_freed_memory()
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=n)
+    try:
+        dm = QM9GenerationDataModule(
+            root=args.data_root, source=FIXTURE, batch_size=args.batch_size // n, train_half=None
+        )
+        loader = dm.train_dataloader()
+        need = n * (args.steps + 2)
+        batches = [b for _, b in zip(range(need), loader)]
+        while len(batches) < need:
+            batches += batches[: need - len(batches)]
+        batches = batches[rank::n]  # each rank its own molecules, as a distributed sampler
+        task = build_task(size, dm.task_kwargs(), "after", None)
+        start = time.perf_counter()
+        if mode.startswith("compile"):
+            task.net = torch.compile(task.net, dynamic=True)
+        elif mode.startswith("blocks"):
+            compile_edge_blocks(task.net)
+
+        class Loss(torch.nn.Module):  # what Lightning's DDP wrapper does: forward runs the training loss
+            def __init__(self, task):
+                super().__init__()
+                self.task = task
+
+            def forward(self, batch):
+                return self.task._losses(batch)["loss"]
+
+        model = torch.nn.parallel.DistributedDataParallel(Loss(task))
+        opt = torch.optim.Adam(task.parameters(), lr=1e-4)
+        context = torch.autocast("cpu", dtype=torch.bfloat16) if mode.endswith("bf16") else nullcontext()
+
+        def step(batch):
+            with context:
+                loss = model(batch)
+            opt.zero_grad()
+            loss.backward()  # DDP all-reduces the gradients here
+            opt.step()
+
+        for batch in batches[:2]:
+            step(batch)
+        warm = time.perf_counter() - start
+        times = []
+        for batch in batches[2:]:
+            dist.barrier()
+            begin = time.perf_counter()
+            step(batch)
+            times.append(time.perf_counter() - begin)
+        mols = sum(b.num_graphs for b in batches[2:]) / args.steps
+        gathered = [None] * n
+        dist.all_gather_object(gathered, (sorted(times)[len(times) // 2], mols, warm))
+        if rank == 0:
+            results.put(gathered)
+    finally:
+        dist.destroy_process_group()
+
+
+def ddp_row(args: argparse.Namespace, size: str, mode: str) -> tuple:
+    """``--processes`` spawned DDP ranks (see the module docstring); the row's step time is the slowest rank's."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    results = ctx.SimpleQueue()
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [ctx.Process(target=_ddp_worker, args=(r, args, size, mode, port, results)) for r in range(args.processes)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    if any(p.exitcode != 0 for p in procs) or results.empty():
+        raise RuntimeError(f"a DDP rank failed (exit codes {[p.exitcode for p in procs]})")
+    ranks = results.get()
+    median = max(t for t, _, _ in ranks)
+    mols = sum(m for _, m, _ in ranks)
+    note = f"{args.processes} DDP processes x {args.threads // args.processes} thread(s), batch {args.batch_size // args.processes} each"
+    if mode.startswith(("compile", "blocks")):
+        note += f"; compile + 2 warm-up steps {max(w for _, _, w in ranks):.0f} s"
+    return median, mols, note
 
 
 def build_task(size: str, kwargs: dict, version: str, old) -> GenerationTask:
@@ -154,14 +255,19 @@ def main() -> None:
                 median = sorted(times)[len(times) // 2]
                 params = sum(p.numel() for p in task.parameters()) / 1e6
                 rows.append((size, params, mode, version + malloc, median, mols / median, note))
+            if args.processes > 1:
+                median, ddp_mols, note = ddp_row(args, size, mode)
+                rows.append(
+                    (size, params, mode, f"after +malloc DDPx{args.processes}", median, ddp_mols / median, note)
+                )
     print(
-        f"{'size':<8s} {'params':>8s} {'mode':<11s} {'version':<16s} {'ms/step':>8s} {'mol/s':>8s} {'vs first':>8s}  note"
+        f"{'size':<8s} {'params':>8s} {'mode':<11s} {'version':<20s} {'ms/step':>8s} {'mol/s':>8s} {'vs first':>8s}  note"
     )
     first = {}
     for size, params, mode, version, median, rate, note in rows:
         base = first.setdefault(size, rate)
         print(
-            f"{size:<8s} {params:7.2f}M {mode:<11s} {version:<16s} {median * 1e3:8.0f} {rate:8.1f} {rate / base:8.2f}  {note}"
+            f"{size:<8s} {params:7.2f}M {mode:<11s} {version:<20s} {median * 1e3:8.0f} {rate:8.1f} {rate / base:8.2f}  {note}"
         )
 
 
