@@ -73,12 +73,18 @@ def main() -> None:
             order = (1, args.workers) if r % 2 == 0 else (args.workers, 1)
             for workers in order:
                 got = run(args, workers, folder)
-                label = f"1 x {args.threads} threads" if workers == 1 else f"{workers} x {args.threads // workers} thread(s)"
+                label = (
+                    f"1 x {args.threads} threads"
+                    if workers == 1
+                    else f"{workers} x {args.threads // workers} thread(s)"
+                )
                 print(f"{r:>5} {label:>22} {got['molecules_per_second']:>7.2f} {got['wall']:>7.1f} "
                       f"{got['molecule_stability']:>7.3f} {got['validity']:>7.3f}", flush=True)  # fmt: skip
                 best[workers] = max(best.get(workers, 0.0), got["molecules_per_second"])
-    print(f"best of {args.rounds}: workers={args.workers} / one process = {best[args.workers] / best[1]:.2f}x "
-          f"({best[args.workers]:.2f} vs {best[1]:.2f} molecules/s)")
+    print(
+        f"best of {args.rounds}: workers={args.workers} / one process = {best[args.workers] / best[1]:.2f}x "
+        f"({best[args.workers]:.2f} vs {best[1]:.2f} molecules/s)"
+    )
 
 
 if __name__ == "__main__":

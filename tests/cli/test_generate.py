@@ -169,8 +169,11 @@ def test_a_regressor_checkpoint_is_refused_as_generator(regressor, tmp_path, cap
         (["output={tmp}/missing/mols.sdf"], "geomol: error: output folder does not exist: {tmp}/missing"),
         (["output={tmp}/mols.xyz"], "geomol: error: output must be an .sdf file, got {tmp}/mols.xyz"),
         (["precision=fp16"], "geomol: error: precision must be 32 or bf16, got 'fp16'"),
-        (["guidance_on=[x,q]"], "geomol: error: guidance_on must list some of x, a, c, e (positions, atom types, "
-                                "charges, bonds), got ['x', 'q']"),
+        (
+            ["guidance_on=[x,q]"],
+            "geomol: error: guidance_on must list some of x, a, c, e (positions, atom types, "
+            "charges, bonds), got ['x', 'q']",
+        ),
         (["guidance_plausibility=1"], "geomol: error: guidance_plausibility must be a number in [0, 1), got 1.0"),
         (["guidance_plausibility=nan"], "geomol: error: guidance_plausibility must be a finite number, got nan"),
     ],
