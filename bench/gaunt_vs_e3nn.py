@@ -14,14 +14,19 @@ Three exact ways to take a channelwise product of two SH features ``[N, C, (L+1)
   the grid points): project both inputs to the grid, multiply, project back. Same per-degree weights.
 * ``gaunt``: ``geomol.nn.gaunt.GauntTensorProduct``. On CPUs its fused kernel (``geomol.nn.gaunt_kernel``:
   per tile of 32 rows, Legendre steps, the φ-Fourier convolution of orders and the adjoint Legendre step,
-  all in cache; one fused pass for the backward).
+  all in cache, or up to degree 4 the direct sum over the nonzero Gaunt coefficients; one fused pass for
+  the backward).
 * ``torch path``: the same module with the kernel switched off (``gaunt_kernel.disabled()``), the path GPUs
   and machines without a C++ compiler take: dense or separable transforms as its cost model picks, chunked
   over rows, weights folded into the fused forward and backward.
 
 Every method is warmed up first (e3nn's code generation happens at construction and in the warm-up, outside
-the timed region); timed rounds interleave the three methods and report the minimum and the median (on
-shared cores the minimum is the least disturbed measurement, so ratios use it). Peak memory is the
+the timed region); timed rounds interleave the methods and report the minimum and the median (on
+shared cores the minimum is the least disturbed measurement, so ratios use it). A round runs each method
+``--inner`` steps back to back (default: as many as last about 20 ms, at least one) and reports the time per
+step: a single millisecond step right after another method's would also time the wake-up of the threads and
+caches holding the other method's data (``--inner 1``: one step per round, this script's timing before
+2026-12-07). Peak memory is the
 largest amount of memory allocated during one forward+backward beyond what existed before it (profiler
 allocation events on CPU, ``max_memory_allocated`` on CUDA).
 
@@ -182,6 +187,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
     parser.add_argument("--repeats", type=int, default=10, help="timed rounds per method")
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds per method")
+    parser.add_argument("--inner", type=int, default=0, help="steps per timed round (0: about 20 ms worth)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--skip-e3nn-above", type=int, default=99, help="leave e3nn out for lmax above this")
@@ -204,7 +210,7 @@ def main() -> None:
     )
     print(
         f"N={args.n} C={args.channels} {args.dtype} device={device} threads={torch.get_num_threads()} "
-        f"repeats={args.repeats}, forward+backward; load average {os.getloadavg()[0]:.1f}, "
+        f"repeats={args.repeats} inner={args.inner or 'about 20 ms'}, forward+backward; load average {os.getloadavg()[0]:.1f}, "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}"
     )
     header = (
@@ -251,17 +257,23 @@ def main() -> None:
         methods["torch"] = (TorchPath(GauntTensorProduct(lmax, lmax, lmax, args.channels)).to(device), (x, y), grad)
         methods["gaunt"] = (GauntTensorProduct(lmax, lmax, lmax, args.channels).to(device), (x, y), grad)
 
-        for module, inputs, g in methods.values():
+        inner = {}
+        for name, (module, inputs, g) in methods.items():
             for _ in range(args.warmup):
+                sync(device)
+                start = time.perf_counter()
                 step(module, inputs, g)
+                sync(device)
+            inner[name] = args.inner or max(1, min(200, round(0.02 / (time.perf_counter() - start))))
         times: dict[str, list[float]] = {name: [] for name in methods}
         for _ in range(args.repeats):
             for name, (module, inputs, g) in methods.items():
                 sync(device)
                 start = time.perf_counter()
-                step(module, inputs, g)
+                for _ in range(inner[name]):
+                    step(module, inputs, g)
                 sync(device)
-                times[name].append(time.perf_counter() - start)
+                times[name].append((time.perf_counter() - start) / inner[name])
         best = {name: 1e3 * min(t) for name, t in times.items()}
         table[lmax] = best
         median = {name: 1e3 * statistics.median(t) for name, t in times.items()}

@@ -82,7 +82,7 @@ def _channel_sum(a: Tensor, b: Tensor, channels: int) -> Tensor:
 
 
 class _GauntProduct(torch.autograd.Function):
-    """``w3 ⊙ Γ(w1 ⊙ x, w2 ⊙ y)`` for rows ``x [R, K1]``, ``y [R, K2]`` -> ``[R, K3]``, chunked over rows.
+    """``w3 ⊙ Γ(w1 ⊙ x, w2 ⊙ y)`` for ``x [..., K1]``, ``y [..., K2]`` -> ``[..., K3]`` (rows chunked on the torch path).
 
     Weights ``[C, L+1]`` (per channel and degree, or None) act on row ``r``'s channel ``r % C``; they are
     expanded to coefficients here, outside autograd, and their gradients summed back over orders ``m``, so a
@@ -97,15 +97,20 @@ class _GauntProduct(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, y, w1, w2, w3, t1, t2, t3):
+        # Any leading shape: rows are flattened here rather than by views around the call, which would add
+        # three view nodes to the graph (their backward costs about as much as a small product's kernel).
+        inputs, lead = (x, y), x.shape[:-1]
+        x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
         channels = next((w.shape[0] for w in (w1, w2, w3) if w is not None), 1)
         ctx.transforms, ctx.channels = (t1, t2, t3), channels
         ctx.fused = gaunt_kernel.available(x, y)
         per_degree = (w1, w2, w3)
         w1, w2, w3 = _degree_expand(w1, t1), _degree_expand(w2, t2), _degree_expand(w3, t3)
         if ctx.fused:
-            out = gaunt_kernel.forward(x, y, (t1.lmax, t2.lmax, t3.lmax), t1.degree, w1, w2, w3)
+            out = gaunt_kernel.forward(x, y, (t1.lmax, t2.lmax, t3.lmax), t1.degree, w1, w2, w3).view(*lead, -1)
             # The output is kept for ∂L/∂w3 = Σ_rows grad ⊙ out / w3 (no second [rows, K] buffer).
-            ctx.save_for_backward(x, y, *per_degree, out if ctx.needs_input_grad[4] else None)
+            ctx.save_for_backward(*inputs, *per_degree, out if ctx.needs_input_grad[4] else None)
+            ctx.expanded = w1, w2, w3  # plain tensors (computed without autograd) for a first-order backward
             return out
         chunk = max(1, t1.chunk_rows() // channels) * channels
         keep = any(ctx.needs_input_grad[:5])
@@ -119,17 +124,26 @@ class _GauntProduct(torch.autograd.Function):
             if keep:
                 grids.append((f, g))
                 projections.append(u if ctx.needs_input_grad[4] else None)
-        ctx.save_for_backward(x, y, *per_degree, None)
+        ctx.save_for_backward(*inputs, *per_degree, None)
         ctx.grids, ctx.projections = grids, projections
         ctx.chunk, ctx.grids_used = chunk, False
-        return out
+        return out.view(*lead, -1)
 
     @staticmethod
     def backward(ctx, grad):
+        gx, gy, *gw = _GauntProduct._backward(ctx, grad)
+        x_shape, y_shape = (t.shape for t in ctx.saved_tensors[:2])
+        return gx if gx is None else gx.reshape(x_shape), gy if gy is None else gy.reshape(y_shape), *gw
+
+    @staticmethod
+    def _backward(ctx, grad):
+        """The gradients on rows ``[R, K]`` (``backward`` gives them the inputs' shapes)."""
         x, y, wd1, wd2, wd3, out = ctx.saved_tensors
+        x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
+        out = None if out is None else out.reshape(-1, out.shape[-1])
         t1, t2, t3 = ctx.transforms
         need_x, need_y, need_w1, need_w2, need_w3 = ctx.needs_input_grad[:5]
-        channels, grad = ctx.channels, grad.contiguous()
+        channels, grad = ctx.channels, grad.reshape(-1, grad.shape[-1]).contiguous()
         if torch.is_grad_enabled():
             # Differentiable: Gaunt products again (per-degree weights, roles permuted) and autograd-tracked
             # expansion and reduction of the weights.
@@ -147,8 +161,8 @@ class _GauntProduct(torch.autograd.Function):
                 None,
                 None,
             )
-        w1, w2, w3 = _degree_expand(wd1, t1), _degree_expand(wd2, t2), _degree_expand(wd3, t3)
         if ctx.fused:
+            w1, w2, w3 = ctx.expanded
             # ∂L/∂x = w1 ⊙ Γ(w3 ⊙ grad, w2 ⊙ y) projected on x's degrees, ∂L/∂w1 = Σ_rows Γ(…) ⊙ x, and the same
             # for y, in one pass of the kernel that shares the Legendre step of grad.
             lmaxes = (t1.lmax, t2.lmax, t3.lmax)
@@ -156,6 +170,7 @@ class _GauntProduct(torch.autograd.Function):
             gx, gy, *gw = gaunt_kernel.backward(grad, x, y, out, lmaxes, t1.degree, (w1, w2, w3), needs, channels)
             gw = [None if g is None else _degree_sum(g, t) for g, t in zip(gw, (t1, t2, t3))]
             return gx, gy, *gw, None, None, None
+        w1, w2, w3 = _degree_expand(wd1, t1), _degree_expand(wd2, t2), _degree_expand(wd3, t3)
         gx = torch.empty_like(x) if need_x else None
         gy = torch.empty_like(y) if need_y else None
         gw = [torch.zeros_like(w) if need else None for w, need in ((w1, need_w1), (w2, need_w2), (w3, need_w3))]
@@ -298,13 +313,13 @@ class GauntTensorProduct(nn.Module):
         weights = (self.weight_in1, self.weight_in2, self.weight_out) if self.weighted else (None,) * 3
         t = self.transforms
         return _GauntProduct.apply(
-            x.reshape(-1, x.shape[-1]),
-            y.reshape(-1, y.shape[-1]),
+            x,
+            y,
             *(None if w is None else w.weight for w in weights),
             t[str(self.lmax_in1)],
             t[str(self.lmax_in2)],
             t[str(self.lmax_out)],
-        ).view(*x.shape[:-1], -1)
+        )
 
     def convolve(self, x: Tensor, y: Tensor, sender: Tensor, receiver: Tensor) -> Tensor:
         """``out_i = Σ_{e: receiver_e = i} product(x[sender_e], y_e)``: a convolution's messages, summed.

@@ -107,15 +107,17 @@ def conv_outputs(conv, x, pos, edge_index, fused, create_graph=False):
     return [out.detach(), *(t.detach() for t in grads), *second]
 
 
+@pytest.mark.parametrize("method", ["grid", "direct"])
 @pytest.mark.parametrize("lmaxes,channels", [((2, 2, 2), 3), ((1, 2, 3), 4), ((3, 1, 2), 16)])
-def test_fused_conv_equals_the_torch_path_in_float64(lmaxes, channels):
+def test_fused_conv_equals_the_torch_path_in_float64(lmaxes, channels, method):
     g = torch.Generator().manual_seed(sum(lmaxes) + channels)
     conv = GauntConv(*lmaxes, channels=channels, cutoff=3.0, avg_num_neighbors=3.0).double()
     for p in conv.product.parameters():
         p.data.uniform_(0.5, 1.5, generator=g)
     pos, edge_index = molecules(g)
     x = torch.randn(pos.shape[0], channels, (lmaxes[0] + 1) ** 2, generator=g, dtype=F64)
-    fused = conv_outputs(conv, x, pos, edge_index, fused=True, create_graph=True)
+    with gaunt_kernel.method(method):
+        fused = conv_outputs(conv, x, pos, edge_index, fused=True, create_graph=True)
     reference = conv_outputs(conv, x, pos, edge_index, fused=False, create_graph=True)
     assert len(fused) == len(reference)
     for a, b in zip(fused, reference):
@@ -145,14 +147,17 @@ def many_body_outputs(mb, x, species, fused):
     return out.detach(), gx.detach(), gw.detach(), *second
 
 
+@pytest.mark.parametrize("method", ["grid", "direct"])
 @pytest.mark.parametrize("lmax,correlation", [(0, 3), (1, 2), (2, 3), (3, 3), (2, 4)])
-def test_fused_many_body_equals_the_torch_path_in_float64(lmax, correlation):
+def test_fused_many_body_equals_the_torch_path_in_float64(lmax, correlation, method):
     g = torch.Generator().manual_seed(10 * lmax + correlation)
     mb = GauntManyBody(lmax, channels=3, correlation=correlation, num_elements=3).double()
     mb.weight.data.normal_(generator=g)
     x = torch.randn(11, 3, (lmax + 1) ** 2, generator=g, dtype=F64)
     species = torch.randint(0, 3, (11,), generator=g)
-    for a, b in zip(many_body_outputs(mb, x, species, True), many_body_outputs(mb, x, species, False)):
+    with gaunt_kernel.method(method):
+        fused = many_body_outputs(mb, x, species, True)
+    for a, b in zip(fused, many_body_outputs(mb, x, species, False)):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11)
 
 

@@ -25,10 +25,12 @@ def product_and_gradients(tp, x, y, grad, fused):
     return out.detach(), grads
 
 
+@pytest.mark.parametrize("method", ["grid", "direct"])
 @pytest.mark.parametrize("channels", [3, 4])  # the channel count does / does not divide the kernel's 32-row tile
 @pytest.mark.parametrize("l1,l2,l3", [(0, 0, 0), (1, 1, 1), (2, 2, 2), (3, 1, 2), (1, 3, 4), (6, 6, 6), (2, 5, 1)])
-def test_kernel_matches_torch_path_in_float64(l1, l2, l3, channels):
-    """Forward and all five gradients; 45 nodes is not a multiple of the tile either (a partial last tile)."""
+def test_kernel_matches_torch_path_in_float64(l1, l2, l3, channels, method):
+    """Forward and all five gradients, with grid and with direct plans; 45 nodes is not a multiple of the tile
+    either (a partial last tile)."""
     g = torch.Generator().manual_seed(l1 * 100 + l2 * 10 + l3)
     tp = GauntTensorProduct(l1, l2, l3, channels=channels).double()
     for p in tp.parameters():
@@ -36,7 +38,8 @@ def test_kernel_matches_torch_path_in_float64(l1, l2, l3, channels):
     x = torch.randn(45, channels, (l1 + 1) ** 2, generator=g, dtype=torch.float64)
     y = torch.randn(45, channels, (l2 + 1) ** 2, generator=g, dtype=torch.float64)
     grad = torch.randn(45, channels, (l3 + 1) ** 2, generator=g, dtype=torch.float64)
-    out, grads = product_and_gradients(tp, x, y, grad, fused=True)
+    with gaunt_kernel.method(method):
+        out, grads = product_and_gradients(tp, x, y, grad, fused=True)
     ref_out, ref_grads = product_and_gradients(tp, x, y, grad, fused=False)
     torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
     for name, a, b in zip(["x", "y", "w1", "w2", "w3"], grads, ref_grads):
@@ -77,6 +80,32 @@ def test_plan_groups_every_coupling_once():
     expected[expected.abs() < 1e-13] = 0
     torch.testing.assert_close(rebuilt, expected, rtol=1e-12, atol=1e-14)
     assert torch.unique(p["coef"].abs().round(decimals=12)).numel() <= 2  # 1/(2√π) and 1/√(2π)
+
+
+def test_direct_plan_holds_the_gaunt_coefficients_grouped():
+    """A direct plan's grouped terms rebuild the bilinear map of the grid plan on basis vectors, term by term: the
+    products of real spherical harmonics with l1 + l2 + l3 odd or outside the triangle inequality vanish."""
+    p = gaunt_kernel.plan(2, 1, 3, 6, torch.float64, direct=True)
+    assert p["n_theta"] == 0
+    start, gstart = p["start"].long(), p["gstart"].long()
+    rebuilt = torch.zeros(9, 4, 16, dtype=torch.float64)
+    for k in range(16):
+        for group in range(start[k], start[k + 1]):
+            for q in range(gstart[group], gstart[group + 1]):
+                rebuilt[p["m1"][group], p["m2"][q], k] += p["coef"][q]
+    a, b = torch.eye(9, dtype=torch.float64).repeat_interleave(4, 0), torch.eye(4, dtype=torch.float64).repeat(9, 1)
+    with gaunt_kernel.method("grid"):
+        expected = gaunt_kernel.forward(a, b, (2, 1, 3), 6).view(9, 4, 16)
+    torch.testing.assert_close(rebuilt, expected, rtol=1e-12, atol=1e-14)
+    degree = lambda i: int(i**0.5)  # noqa: E731
+    for i, j, k in rebuilt.nonzero().tolist():
+        l1, l2, l3 = degree(i), degree(j), degree(k)
+        assert (l1 + l2 + l3) % 2 == 0 and abs(l1 - l2) <= l3 <= l1 + l2
+    assert gaunt_kernel.uses_direct(2, 2, 2) and not gaunt_kernel.uses_direct(5, 2, 2)
+    with gaunt_kernel.method("direct"):
+        assert gaunt_kernel.uses_direct(6, 6, 6)
+    with pytest.raises(ValueError, match="method must be"):
+        gaunt_kernel.method("fast").__enter__()
 
 
 def test_build_is_cached_and_a_missing_compiler_falls_back(tmp_path, monkeypatch):
@@ -120,8 +149,9 @@ def _cpu_flags() -> set[str]:
     return set(next((line for line in text.splitlines() if line.startswith("flags")), "").split())
 
 
+@pytest.mark.parametrize("method", ["grid", "direct"])
 @pytest.mark.parametrize("march", ["x86-64-v2", "x86-64-v3"])
-def test_portable_build_without_avx512_agrees(march, tmp_path, monkeypatch):
+def test_portable_build_without_avx512_agrees(march, method, tmp_path, monkeypatch):
     """CPUs without AVX-512 take 32-byte vectors and AVX2 transposes (x86-64-v3) or 16-byte vectors and scalar
     transposes (x86-64-v2): build for each and compare with the torch path."""
     if "x86_64" not in os.uname().machine:
@@ -136,7 +166,8 @@ def test_portable_build_without_avx512_agrees(march, tmp_path, monkeypatch):
     tp = GauntTensorProduct(3, 2, 3, channels=16)
     x, y = torch.randn(70, 16, 16, generator=g), torch.randn(70, 16, 9, generator=g)
     grad = torch.randn(70, 16, 16, generator=g)
-    out, grads = product_and_gradients(tp, x, y, grad, fused=True)
+    with gaunt_kernel.method(method):
+        out, grads = product_and_gradients(tp, x, y, grad, fused=True)
     ref_out, ref_grads = product_and_gradients(tp, x, y, grad, fused=False)
     torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-4)
     for a, b in zip(grads, ref_grads):
@@ -181,7 +212,9 @@ def test_calls_without_autograd_skip_the_op_and_agree(monkeypatch):
     calls = []
     for name in ("_product_op", "_conv_op", "_backward_op"):
         original = getattr(gaunt_kernel, name)
-        monkeypatch.setattr(gaunt_kernel, name, lambda *args, original=original, name=name: calls.append(name) or original(*args))
+        monkeypatch.setattr(
+            gaunt_kernel, name, lambda *args, original=original, name=name: calls.append(name) or original(*args)
+        )
     direct = gaunt_kernel.forward(a, b, (2, 2, 2), 6, *scales)
     conv = gaunt_kernel.conv(a, b, (2, 2, 2), 6, *scales, channels=4, a_index=index, out_index=index, out_rows=24)
     back = gaunt_kernel.backward(grad, a, b, via_op, (2, 2, 2), 6, tuple(scales), (True,) * 5, 4)

@@ -18,6 +18,12 @@
  *   pairs (m1[q], m2[q]) for q in gstart[g] .. gstart[g+1]-1.
  * Inputs are [rows][k] row-major; row r uses scale row r % channels of a scale table [channels][k] (or NULL).
  *
+ * Direct products (n_theta == 0): for small degrees the sparse sum out_k = Σ c_ijk a_i b_j over the nonzero Gaunt
+ * coefficients is faster than the three grid steps (degree 2: 83 terms in 71 groups per row), so a plan
+ * may carry the coefficients instead of the grid tables, grouped by output coefficient and by a's coefficient:
+ * output k owns groups start[k] .. start[k+1]-1, group g multiplies a's coefficient m1[g] by the sum of coef[q]
+ * b_{m2[q]} over q in gstart[g] .. gstart[g+1]-1. The Legendre tables are then unused.
+ *
  * gaunt_forward:  out = sc ⊙ Γ(sa ⊙ a, sb ⊙ b).
  * gaunt_backward: for out = w3 ⊙ Γ(w1 ⊙ x, w2 ⊙ y) and its gradient g: gx = w1 ⊙ Γ(w3 ⊙ g, w2 ⊙ y) (degrees of x),
  *   gy = w2 ⊙ Γ(w3 ⊙ g, w1 ⊙ x) (degrees of y), and per channel gw1 += Σ Γ(w3 ⊙ g, w2 ⊙ y) ⊙ x,
@@ -362,6 +368,29 @@ static void product(const Product<T> &P, const T *As, const T *Bs, T *Cs, T *out
     adjoint_legendre(P.leg_c, Lc, n_theta, Cs, outs);
 }
 
+// Direct product (plans with n_theta == 0, see the top): a [ka][TILE], b [kb][TILE] -> out [kc][TILE].
+template <typename T>
+static void direct(const Product<T> &P, const T *As, const T *Bs, T *outs) {
+    typedef typename Tile<T>::V V;
+    constexpr int NV = Tile<T>::NV;
+    const V *A = (const V *)As, *B = (const V *)Bs;
+    V *out = (V *)outs;
+    for (int k = 0; k < dim(P.Lc); k++) {
+        V acc[NV] = {};
+        for (int g = P.start[k]; g < P.start[k + 1]; g++) {
+            V sum[NV] = {};
+            for (int q = P.gstart[g]; q < P.gstart[g + 1]; q++) {
+                const T c = P.coef[q];
+                const V *b = B + (size_t)P.m2[q] * NV;
+                for (int s = 0; s < NV; s++) sum[s] += c * b[s];
+            }
+            const V *a = A + (size_t)P.m1[g] * NV;
+            for (int s = 0; s < NV; s++) acc[s] += a[s] * sum[s];
+        }
+        for (int s = 0; s < NV; s++) out[(size_t)k * NV + s] = acc[s];
+    }
+}
+
 // Per-thread scratch, 64-byte aligned; blocks are handed out in tile-sized multiples.
 template <typename T>
 struct Scratch {
@@ -456,9 +485,13 @@ static int gaunt_forward(const Product<T> &P, const T *a, const T *b, T *out, lo
             transpose_in(b, kb, rb, n, xb);
             if (sa) scale(xa, s.S[0], ka);
             if (sb) scale(xb, s.S[1], kb);
-            legendre(P.leg_a, P.La, nt, xa, A);
-            legendre(P.leg_b, P.Lb, nt, xb, B);
-            product(P, A, B, C, xc);
+            if (nt == 0) {
+                direct(P, xa, xb, xc);
+            } else {
+                legendre(P.leg_a, P.La, nt, xa, A);
+                legendre(P.leg_b, P.Lb, nt, xb, B);
+                product(P, A, B, C, xc);
+            }
             if (sc) scale(xc, s.S[2], kc);
             tile_rows(row0, n, io, channels, rc);
             if (io)
@@ -480,22 +513,28 @@ static int gaunt_forward(const Product<T> &P, const T *a, const T *b, T *out, lo
 }
 
 // One input's gradient for a tile: Γ(w3 ⊙ g, w_other ⊙ other) on the input's degrees (G holds the Legendre step of
-// w3 ⊙ g), its lane sums against the input (the weight gradient, if acc), then times the input's weight, to rows
-// of grad. Scratch: xin [k_other][TILE], F for other's Legendre step, C, xo and z.
+// w3 ⊙ g, or w3 ⊙ g itself for a direct plan; other is w_other ⊙ other in lane layout), its lane sums against the
+// input (the weight gradient, if acc), then times the input's weight, to rows of grad. Scratch: F for other's
+// Legendre step, C and xo.
 template <typename T>
-static void input_gradient(const Product<T> &P, const T *G, const T *other, int k_other, const T *S_other,
-                           const T *input, int k, const T *S, long row0, int n, T *xin, T *F, T *C, T *xo, T *z,
-                           T *acc, T *grad) {
-    transpose_in(other, k_other, row0, n, xin);
-    if (S_other) scale(xin, S_other, k_other);
-    legendre(P.leg_b, P.Lb, P.n_theta, xin, F);
-    product(P, G, F, C, xo);
-    if (acc) {
-        transpose_in(input, k, row0, n, z);
-        accumulate(acc, xo, z, k);
+static void input_gradient(const Product<T> &P, const T *G, const T *other, const T *input, int k, const T *S,
+                           long row0, int n, T *F, T *C, T *xo, T *acc, T *grad) {
+    if (P.n_theta == 0) {
+        direct(P, G, other, xo);
+    } else {
+        legendre(P.leg_b, P.Lb, P.n_theta, other, F);
+        product(P, G, F, C, xo);
     }
+    if (acc) accumulate(acc, xo, input, k);
     if (S) scale(xo, S, k);
     transpose_out(xo, k, row0, n, grad);
+}
+
+// dst = src ⊙ S, all [k][TILE].
+template <typename T>
+static void scaled_copy(T *dst, const T *src, const T *S, int k) {
+    typedef typename Tile<T>::V V;
+    for (int v = 0; v < k * Tile<T>::NV; v++) ((V *)dst)[v] = ((const V *)src)[v] * ((const V *)S)[v];
 }
 
 // Px: (L3, L2) -> L1 and Py: (L3, L1) -> L2, both with the output's degree L3 in role a. Weight gradients are
@@ -514,7 +553,7 @@ static int gaunt_backward(const Product<T> &Px, const Product<T> &Py, const T *g
         Scratch<T> scratch(4 * (size_t)(k1 + k2 + k3) + 3 * (size_t)kmax +
                            (size_t)nt * (2 * L1 + 2 * L2 + 2 * L3 + 2 * (L1 > L2 ? L1 : L2) + 4));
         T *xg = scratch.take(k3), *xx = scratch.take(k1), *xy = scratch.take(k2), *xo = scratch.take(kmax);
-        T *z = scratch.take(kmax > k3 ? kmax : k3);
+        T *xs = scratch.take(k1), *ys = scratch.take(k2), *z = scratch.take(k3);
         T *G = scratch.take((2 * L3 + 1) * nt), *X = scratch.take((2 * L1 + 1) * nt);
         T *Y = scratch.take((2 * L2 + 1) * nt), *C = scratch.take((2 * (L1 > L2 ? L1 : L2) + 1) * nt);
         T *acc1 = gw1 ? scratch.take(k1) : nullptr, *acc2 = gw2 ? scratch.take(k2) : nullptr;
@@ -544,10 +583,26 @@ static int gaunt_backward(const Product<T> &Px, const Product<T> &Py, const T *g
                 accumulate(acc3, xg, z, k3);
             }
             if (w3) scale(xg, s.S[2], k3);
-            legendre(Px.leg_a, L3, nt, xg, G);
+            if (nt == 0)
+                G = xg;  // direct plans read w3 ⊙ g itself
+            else
+                legendre(Px.leg_a, L3, nt, xg, G);
             const T *S1 = w1 ? s.S[0] : nullptr, *S2 = w2 ? s.S[1] : nullptr;
-            if (gx) input_gradient(Px, G, y, k2, S2, x, k1, S1, row0, n, xy, Y, C, xo, z, acc1, gx);
-            if (gy) input_gradient(Py, G, x, k1, S1, y, k2, S2, row0, n, xx, X, C, xo, z, acc2, gy);
+            // x and y enter twice (as the other factor, weighted, and against their own gradient for the weight
+            // gradient): one transpose each.
+            const T *x_other = xx, *y_other = xy;
+            if (gy || acc1) transpose_in(x, k1, row0, n, xx);
+            if (gx || acc2) transpose_in(y, k2, row0, n, xy);
+            if (gy && S1) {
+                scaled_copy(xs, xx, S1, k1);
+                x_other = xs;
+            }
+            if (gx && S2) {
+                scaled_copy(ys, xy, S2, k2);
+                y_other = ys;
+            }
+            if (gx) input_gradient(Px, G, y_other, xx, k1, S1, row0, n, Y, C, xo, acc1, gx);
+            if (gy) input_gradient(Py, G, x_other, xy, k2, S2, row0, n, X, C, xo, acc2, gy);
             if (!s.fixed) fold_all(row0);
         }
         if (ok) {
