@@ -197,6 +197,10 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--no-cueq", action="store_true", help="leave cuEquivariance out even if installed")
     parser.add_argument("--png", default=None, help="log-log plot of time against lmax with fitted exponents")
+    parser.add_argument(
+        "--march", default=None, help="build the Gaunt kernel for this -march (e.g. x86-64-v2, x86-64-v3: the portable "
+        "SSE / AVX2 builds) instead of -march=native",
+    )  # fmt: skip
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -204,6 +208,11 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     print(f"machine: {machine.cpu_description()}")
+    if args.march:
+        flags = tuple(f for f in gaunt_kernel._FLAGS if not f.startswith("-march")) + (f"-march={args.march}",)
+        library = gaunt_kernel.build(flags)
+        gaunt_kernel._library = lambda: library  # every product below uses this build
+        print(f"Gaunt kernel built with -march={args.march}")
     use_cueq = cueq_available() and not args.no_cueq
     print(
         f"cuEquivariance: {'naive (pure torch) method' if use_cueq else 'not installed (pip install cuequivariance-torch)'}"
