@@ -108,6 +108,16 @@ class TorchPath(nn.Module):
             return self.module(*args)
 
 
+def grid_plans(step):
+    """``step`` with the kernel's grid plans at every degree (forward and backward; see ``gaunt_kernel.method``)."""
+
+    def run():
+        with gaunt_kernel.method("grid"):
+            step()
+
+    return run
+
+
 def import_mace(path: str | None):
     if path:
         sys.path.insert(0, path)
@@ -139,11 +149,11 @@ def time_methods(methods: dict, warmup: int, repeats: int) -> dict[str, list[flo
 def report(title: str, times: dict[str, list[float]], reference: str, extra: dict[str, str] | None = None) -> None:
     median = {name: 1e3 * statistics.median(t) for name, t in times.items()}
     print(f"\n{title}")
-    print(f"  {'method':<22} {'median ms':>10} {'min ms':>9} {'÷ ' + reference:>12}")
+    print(f"  {'method':<26} {'median ms':>10} {'min ms':>9} {'÷ ' + reference:>12}")
     for name, t in times.items():
         note = f"  {extra[name]}" if extra and name in extra else ""
         print(
-            f"  {name:<22} {median[name]:>10.2f} {1e3 * min(t):>9.2f} {median[name] / median[reference]:>11.2f}x{note}"
+            f"  {name:<26} {median[name]:>10.2f} {1e3 * min(t):>9.2f} {median[name] / median[reference]:>11.2f}x{note}"
         )
 
 
@@ -171,6 +181,7 @@ def bench_conv(lmax: int, channels: int, data, args) -> None:
     e3nn_inputs = (sh_to_irreps(x).requires_grad_(), pos.clone().requires_grad_(), edge_index)
     methods = {
         "geomol fused": backward_step(conv, inputs, grad),
+        "geomol fused, grid plans": grid_plans(backward_step(conv, inputs, grad)),
         "geomol torch path": backward_step(TorchPath(conv), inputs, grad),
         "e3nn TensorProduct": backward_step(e3nn_conv, e3nn_inputs, sh_to_irreps(grad)),
     }
@@ -202,6 +213,7 @@ def bench_many_body(lmax: int, channels: int, data, args, symmetric_contraction)
     inputs = (x.clone().requires_grad_(), species)
     methods = {
         "geomol fused": backward_step(mb, inputs, grad),
+        "geomol fused, grid plans": grid_plans(backward_step(mb, inputs, grad)),
         "geomol torch path": backward_step(TorchPath(mb), inputs, grad),
     }
     if symmetric_contraction is not None:
@@ -241,7 +253,12 @@ def bench_net(data, args) -> None:
 
         return run
 
-    times = time_methods({"geomol fused": step(True), "geomol torch path": step(False)}, args.warmup, args.repeats)
+    methods = {
+        "geomol fused": step(True),
+        "geomol fused, grid plans": grid_plans(step(True)),
+        "geomol torch path": step(False),
+    }
+    times = time_methods(methods, args.warmup, args.repeats)
     report(
         f"GauntNet training step (energy + forces, create_graph), 64 ch, L=2, 2 layers, correlation 3: "
         f"{pos.shape[0]} atoms",
