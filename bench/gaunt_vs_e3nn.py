@@ -7,6 +7,8 @@ Three exact ways to take a channelwise product of two SH features ``[N, C, (L+1)
   the same paths the Gaunt product couples (its path weights are a product of per-degree weights).
 * ``e3nn compiled``: the same module under ``torch.compile(tp, fullgraph=True)`` (e3nn 0.6 runs eager on
   torch >= 2.10 and recommends compiling); the compile time is outside the timed region and printed apart.
+* ``e3nn v2``: e3nn's experimental ``FullTensorProductv2`` (meant to be compiled) under ``torch.compile``, per channel,
+  with the "uuu" product's per-path weights and sum over paths (``E3nnV2Product``); timed with the compiled e3nn.
 * ``cueq``: NVIDIA cuEquivariance's ``SegmentedPolynomial`` (pure-torch ``naive`` method, the one that runs on
   CPUs) for the same "uuu" product over all path triples, built from cuEquivariance's own Clebsch–Gordan
   coefficients, without weights; only if ``cuequivariance-torch`` is installed.
@@ -109,6 +111,30 @@ def e3nn_uuu(lmax: int, channels: int) -> o3.TensorProduct:
         if ir3 in ir1 * ir2
     ]
     return o3.TensorProduct(irreps, irreps, irreps, paths)
+
+
+class E3nnV2Product(nn.Module):
+    """e3nn's experimental ``FullTensorProductv2`` (made to be ``torch.compile``d) as a channelwise product: channels
+    as a leading axis, one ``1x0e+1x1o+…`` feature per channel, every path whose output is an SH degree ≤ L (the
+    Gaunt paths); each path's output scaled by a weight per channel and summed into its degree (the "uuu" product's
+    sum over paths, one matrix product with a 0/1 matrix)."""
+
+    def __init__(self, lmax: int, channels: int) -> None:
+        super().__init__()
+        from e3nn.o3.experimental import FullTensorProductv2
+
+        irreps = o3.Irreps([(1, (l, (-1) ** l)) for l in range(lmax + 1)])
+        self.tp = FullTensorProductv2(irreps, irreps, filter_ir_out=irreps)
+        out = self.tp.irreps_out
+        rows = torch.cat([torch.arange(l * l, (l + 1) ** 2) for _, (l, _) in out])  # each output dim's SH slot
+        self.register_buffer(
+            "to_sh", torch.zeros(out.dim, (lmax + 1) ** 2).index_put_((torch.arange(out.dim), rows), torch.tensor(1.0))
+        )
+        self.weight = nn.Parameter(torch.ones(channels, out.dim))  # per path (repeated over its 2l+1 dims) and channel
+        self.n_paths = len(out)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # [N, C, K] x2 -> [N, C, K]
+        return (self.tp(x, y) * self.weight) @ self.to_sh
 
 
 class CuEquivarianceProduct(nn.Module):
@@ -223,13 +249,14 @@ def main() -> None:
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}"
     )
     header = (
-        f"{'L':>2} {'paths':>5} | {'e3nn ms':>17} {'e3nn compiled':>17} {'cueq ms':>17} {'dense ms':>17} "
+        f"{'L':>2} {'paths':>5} | {'e3nn ms':>17} {'e3nn compiled':>17} {'e3nn v2 compiled':>17} {'cueq ms':>17} {'dense ms':>17} "
         f"{'torch path ms':>17} {'gaunt ms':>17} | {'e3nn/gaunt':>10} {'best/gaunt':>10} {'dense/gaunt':>11} "
         f"{'e3nn/torch':>10} | {'peak MB e3nn':>12} {'dense':>7} {'torch':>7} {'gaunt':>7} | compile s"
     )
     print(
         "times: min / median over the timed rounds; ratios of the minima (the least disturbed rounds); "
-        "best/gaunt: the fastest of e3nn, compiled e3nn and cuEquivariance against geomol"
+        "best/gaunt: the fastest of e3nn, compiled e3nn, compiled e3nn v2 and cuEquivariance against geomol; "
+        "compile s: e3nn / e3nn v2"
     )
     print(header)
     print("-" * len(header))
@@ -247,13 +274,18 @@ def main() -> None:
             xe = sh_to_irreps(x.detach()).requires_grad_()
             ye = sh_to_irreps(y.detach()).requires_grad_()
             methods["e3nn"] = (tp, (xe, ye), sh_to_irreps(grad))
-        compile_s = float("nan")
+        compile_s = compile_v2 = float("nan")
         if lmax <= min(args.skip_e3nn_above, args.compile_e3nn_up_to):
             compiled = torch.compile(tp, fullgraph=True)
             start = time.perf_counter()
             step(compiled, (xe, ye), sh_to_irreps(grad))  # compiles forward and backward
             compile_s = time.perf_counter() - start
             methods["e3nn compiled"] = (compiled, (xe, ye), sh_to_irreps(grad))
+            v2 = torch.compile(E3nnV2Product(lmax, args.channels).to(device), fullgraph=True)
+            start = time.perf_counter()
+            step(v2, (x, y), grad)
+            compile_v2 = time.perf_counter() - start
+            methods["e3nn v2"] = (v2, (x, y), grad)
         if use_cueq:
             cueq = CuEquivarianceProduct(lmax, args.channels, device)
             # cuEquivariance's ir_mul layout: degree blocks of [2l+1, C]
@@ -288,17 +320,17 @@ def main() -> None:
         median = {name: 1e3 * statistics.median(t) for name, t in times.items()}
         peak = {name: peak_mb(*m, device) for name, m in methods.items()}
         nan = float("nan")
-        names = ("e3nn", "e3nn compiled", "cueq", "dense", "torch", "gaunt")
+        names = ("e3nn", "e3nn compiled", "e3nn v2", "cueq", "dense", "torch", "gaunt")
         cells = {name: f"{best.get(name, nan):.2f} / {median.get(name, nan):.2f}" for name in names}
         e3 = best.get("e3nn", nan)
-        peers = [best[name] for name in ("e3nn", "e3nn compiled", "cueq") if name in best]
+        peers = [best[name] for name in ("e3nn", "e3nn compiled", "e3nn v2", "cueq") if name in best]
         fastest = min(peers) if peers else nan
         print(
-            f"{lmax:>2} {n_paths:>5} | {cells['e3nn']:>17} {cells['e3nn compiled']:>17} {cells['cueq']:>17} "
+            f"{lmax:>2} {n_paths:>5} | {cells['e3nn']:>17} {cells['e3nn compiled']:>17} {cells['e3nn v2']:>17} {cells['cueq']:>17} "
             f"{cells['dense']:>17} {cells['torch']:>17} {cells['gaunt']:>17} | {e3 / best['gaunt']:>9.1f}x "
             f"{fastest / best['gaunt']:>9.1f}x {best['dense'] / best['gaunt']:>10.2f}x {e3 / best['torch']:>9.1f}x | "
             f"{peak.get('e3nn', nan):>12.1f} {peak['dense']:>7.1f} {peak['torch']:>7.1f} {peak['gaunt']:>7.1f} | "
-            f"{compile_s:.0f}",
+            f"{compile_s:.0f} / {compile_v2:.0f}",
             flush=True,
         )
     print(f"load average at the end {os.getloadavg()[0]:.1f} (other processes share the cores)")
@@ -323,7 +355,7 @@ def scaling_plot(table: dict[int, dict[str, float]], path: str, subtitle: str) -
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for name in ("e3nn", "e3nn compiled", "cueq", "dense", "torch", "gaunt"):
+    for name in ("e3nn", "e3nn compiled", "e3nn v2", "cueq", "dense", "torch", "gaunt"):
         lmaxes = [l for l in sorted(table) if name in table[l]]
         if len(lmaxes) < 2:
             continue
