@@ -13,6 +13,12 @@ alternating step by step on the same batches; wall-clock and process CPU time ar
     python bench/dimenet_vs_pyg.py --model dimenet --steps 3
     python bench/dimenet_vs_pyg.py --forces                # loss on -dE/dpos too (second derivatives)
     python bench/dimenet_vs_pyg.py --device cuda
+    python bench/dimenet_vs_pyg.py --forces --malloc       # both with glibc's malloc keeping freed memory
+
+``--malloc`` applies :func:`geomol.devices.reuse_freed_memory` to the process (so to both models) before timing.
+With glibc's defaults every large tensor is a fresh ``mmap`` whose pages fault on first touch; on some virtual
+machines a fault costs microseconds, and a model that allocates more pays more (PyG's DimeNet++ materialises
+``[triplets, channels]`` tensors, geomol's does not).
 
 Accuracy: both models trained with the same budget (same molecules, batch order, epochs, optimizer)
 on QM9 HOMO, test MAE in meV; then geomol trains on until it has used PyG's CPU time (equal CPU budget);
@@ -76,6 +82,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--molecules", type=int, default=320, help="molecules cycled through when timing")
     parser.add_argument("--steps", type=int, default=12, help="timed training steps per model (alternating)")
     parser.add_argument("--forces", action="store_true", help="time steps whose loss includes forces -dE/dpos")
+    parser.add_argument("--malloc", action="store_true", help="keep freed memory in malloc (both models; see above)")
     # Accuracy
     parser.add_argument("--accuracy", action="store_true", help="equal-budget training on QM9 HOMO")
     parser.add_argument("--target", default="homo")
@@ -299,6 +306,10 @@ def accuracy(args: argparse.Namespace) -> None:
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
+    if args.malloc:
+        from geomol.devices import reuse_freed_memory
+
+        print(f"malloc keeps freed memory: {reuse_freed_memory()}")
     if args.accuracy:
         accuracy(args)
     else:
