@@ -156,8 +156,12 @@ def ddp_row(args: argparse.Namespace, size: str, mode: str) -> tuple:
     procs = [ctx.Process(target=_ddp_worker, args=(r, args, size, mode, port, results)) for r in range(args.processes)]
     for p in procs:
         p.start()
-    for p in procs:
-        p.join()
+    while any(p.is_alive() for p in procs):  # a rank that dies leaves the others waiting in a collective: stop them
+        procs[0].join(timeout=1)
+        if any(p.exitcode not in (None, 0) for p in procs):
+            for q in procs:
+                q.terminate()
+            break
     if any(p.exitcode != 0 for p in procs) or results.empty():
         raise RuntimeError(f"a DDP rank failed (exit codes {[p.exitcode for p in procs]})")
     ranks = results.get()
