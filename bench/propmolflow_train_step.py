@@ -80,6 +80,14 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def cycled_batches(loader, count: int) -> list:
+    """The loader's first ``count`` batches, its first epoch repeated if it has fewer."""
+    batches = [b for _, b in zip(range(count), loader)]
+    while len(batches) < count:
+        batches += batches[: count - len(batches)]
+    return batches
+
+
 def _ddp_worker(rank: int, args: argparse.Namespace, size: str, mode: str, port: int, results) -> None:
     """One of ``--processes`` DDP ranks: times ``--steps`` training steps on its own batches; rank 0 reports."""
     import torch.distributed as dist
@@ -94,12 +102,8 @@ def _ddp_worker(rank: int, args: argparse.Namespace, size: str, mode: str, port:
         dm = QM9GenerationDataModule(
             root=args.data_root, source=FIXTURE, batch_size=args.batch_size // n, train_half=None
         )
-        loader = dm.train_dataloader()
-        need = n * (args.steps + 2)
-        batches = [b for _, b in zip(range(need), loader)]
-        while len(batches) < need:
-            batches += batches[: need - len(batches)]
-        batches = batches[rank::n]  # each rank its own molecules, as a distributed sampler
+        # each rank its own molecules, as a distributed sampler
+        batches = cycled_batches(dm.train_dataloader(), n * (args.steps + 2))[rank::n]
         task = build_task(size, dm.task_kwargs(), "after", None)
         start = time.perf_counter()
         if mode.startswith("compile"):
@@ -208,9 +212,7 @@ def main() -> None:
     dm = QM9GenerationDataModule(root=args.data_root, source=FIXTURE, batch_size=args.batch_size, train_half=None)
     kwargs = dm.task_kwargs()
     loader = dm.train_dataloader()
-    batches = [b for _, b in zip(range(args.steps + 2), loader)]
-    while len(batches) < args.steps + 2:
-        batches += batches[: args.steps + 2 - len(batches)]
+    batches = cycled_batches(loader, args.steps + 2)
     mols = sum(b.num_graphs for b in batches[2:]) / args.steps
     old = before.load(BEFORE, *BEFORE_MODULES) if "before" in args.versions else None
     versions = [v for v in args.versions if v == "after" or old is not None]

@@ -131,14 +131,14 @@ class _GauntProduct(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        gx, gy, *gw = _GauntProduct._backward(ctx, grad)
-        x_shape, y_shape = (t.shape for t in ctx.saved_tensors[:2])
+        saved = ctx.saved_tensors  # unpacked once: each access checks every saved tensor again
+        gx, gy, *gw = _GauntProduct._backward(ctx, grad, *saved)
+        x_shape, y_shape = saved[0].shape, saved[1].shape
         return gx if gx is None else gx.reshape(x_shape), gy if gy is None else gy.reshape(y_shape), *gw
 
     @staticmethod
-    def _backward(ctx, grad):
+    def _backward(ctx, grad, x, y, wd1, wd2, wd3, out):
         """The gradients on rows ``[R, K]`` (``backward`` gives them the inputs' shapes)."""
-        x, y, wd1, wd2, wd3, out = ctx.saved_tensors
         x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
         out = None if out is None else out.reshape(-1, out.shape[-1])
         t1, t2, t3 = ctx.transforms

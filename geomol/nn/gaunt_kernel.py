@@ -177,6 +177,7 @@ def _built() -> bool:
 _ROWS_PER_THREAD = 1024
 _TABLES = ("leg_a", "leg_b", "leg_c", "coef", "start", "gstart", "m1", "m2")  # the kernel's argument order
 _method = "auto"
+_DIRECT_UP_TO = 4  # see uses_direct
 
 
 @contextlib.contextmanager
@@ -202,9 +203,6 @@ def uses_direct(la: int, lb: int, lc: int) -> bool:
     if _method != "auto":
         return _method == "direct"
     return max(la, lb, lc) <= _DIRECT_UP_TO
-
-
-_DIRECT_UP_TO = 4
 
 
 @functools.cache
@@ -523,7 +521,7 @@ def _conv_backward(ctx, grad):
 _conv_op.register_autograd(_conv_backward, setup_context=_conv_setup_context)
 
 
-def _direct(*tensors: Tensor | None) -> bool:
+def _skip_op(*tensors: Tensor | None) -> bool:
     """Whether a call may skip the custom op and run the kernel directly: not traced by ``torch.compile`` and with
     nothing for autograd to record. The op's Python dispatch cost about 70 µs a call (AMD EPYC Zen 4, measured beside
     a training run), half the kernel's time on 16,000 rows of degree 2; the numbers are the same either way."""
@@ -563,7 +561,7 @@ def conv(
         if out_index is not None:
             raise ValueError("out_rows is needed with out_index (the number of output rows: nodes × channels)")
         out_rows = next((i.numel() for i in (a_index, b_index) if i is not None), a.shape[0] // channels) * channels
-    if _direct(a, b, sa, sb, sc):
+    if _skip_op(a, b, sa, sb, sc):
         return _conv(a, b, tuple(lmaxes), degree, sa, sb, sc, channels, a_index, b_index, out_index, out_rows)
     return _conv_op(a, b, list(lmaxes), degree, sa, sb, sc, channels, a_index, b_index, out_index, out_rows)
 
@@ -585,7 +583,7 @@ def forward(
     Shapes:
         a ``[R, (la+1)²]``, b ``[R, (lb+1)²]`` -> ``[R, (lc+1)²]``.
     """
-    if _direct(a, b, sa, sb, sc):
+    if _skip_op(a, b, sa, sb, sc):
         return _forward(a, b, tuple(lmaxes), degree, sa, sb, sc)
     return _product_op(a, b, list(lmaxes), degree, sa, sb, sc)
 
@@ -607,7 +605,7 @@ def backward(
     ``needs`` says which of ``x, y, w1, w2, w3`` need a gradient; ``out`` is the forward's output (needed for
     ``w3``). Returns ``gx, gy, gw1, gw2, gw3`` (None where not needed); weight gradients are ``[C, K]``.
     """
-    if not torch.compiler.is_compiling():  # the op is not differentiable: only the dispatch to skip (see _direct)
+    if not torch.compiler.is_compiling():  # the op is not differentiable: only the dispatch to skip (see _skip_op)
         return _backward(grad, x, y, out, tuple(lmaxes), degree, weights, tuple(needs), channels)
     grads = _backward_op(grad, x, y, out, list(lmaxes), degree, *weights, list(needs), channels)
     return tuple(g if need else None for g, need in zip(grads, needs))

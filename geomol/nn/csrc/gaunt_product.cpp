@@ -550,7 +550,7 @@ static int gaunt_backward(const Product<T> &Px, const Product<T> &Py, const T *g
     int status = GAUNT_OK;
 #pragma omp parallel num_threads(n_threads)
     {
-        Scratch<T> scratch(4 * (size_t)(k1 + k2 + k3) + 3 * (size_t)kmax +
+        Scratch<T> scratch(4 * (size_t)(k1 + k2 + k3) + (size_t)kmax +
                            (size_t)nt * (2 * L1 + 2 * L2 + 2 * L3 + 2 * (L1 > L2 ? L1 : L2) + 4));
         T *xg = scratch.take(k3), *xx = scratch.take(k1), *xy = scratch.take(k2), *xo = scratch.take(kmax);
         T *xs = scratch.take(k1), *ys = scratch.take(k2), *z = scratch.take(k3);
